@@ -1,0 +1,59 @@
+"""Log analyzer: known-bad patterns in serial consoles and QEMU stderr fail the test.
+
+Patterns are data: each has a name (the failure category), the logs it applies to and
+a regular expression. ``scan`` returns findings with the file, line number and text.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Pattern:
+    name: str
+    kind: str  # "console" or "stderr"
+    regex: re.Pattern[str]
+
+
+PATTERNS: tuple[Pattern, ...] = (
+    Pattern("guest kernel panic", "console", re.compile(r"Kernel panic")),
+    Pattern("guest kernel BUG", "console", re.compile(r"\bBUG: |kernel BUG at")),
+    Pattern("guest general protection fault", "console", re.compile(r"general protection")),
+    Pattern("guest oops", "console", re.compile(r"\bOops\b|Call Trace:|segfault at")),
+    Pattern("guest memory divergence", "console", re.compile(r"MEMCHECK FAIL")),
+    Pattern("guest agent died", "console", re.compile(r"colo-agent: exited")),
+    Pattern("QEMU error", "stderr", re.compile(
+        r"qemu-system-\w+: (?!.*(?:warning|terminating on signal))|Assertion .* failed|"
+        r"Segmentation fault|core dumped")),
+)
+
+
+@dataclass(frozen=True)
+class Finding:
+    pattern: str
+    path: Path
+    line_number: int
+    line: str
+
+    def __str__(self) -> str:
+        return f"{self.pattern}: {self.path.name}:{self.line_number}: {self.line.strip()[:200]}"
+
+
+def scan(path: Path, kind: str, allow: tuple[str, ...] = ()) -> list[Finding]:
+    """Findings of every ``kind`` pattern in ``path``, except lines matching an ``allow`` regex."""
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except FileNotFoundError:
+        return []
+    findings = []
+    for number, line in enumerate(lines, 1):
+        if any(re.search(a, line) for a in allow):
+            continue
+        for pattern in PATTERNS:
+            if pattern.kind == kind and pattern.regex.search(line):
+                findings.append(Finding(pattern.name, path, number, line))
+                break
+    return findings

@@ -1,0 +1,250 @@
+"""The pytest plugin: options, markers, settings, session builds and the COLO lab fixtures."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from colo_fixtures import report
+from colo_fixtures.accel import choose_accel
+from colo_fixtures.build import BuildError, QemuBuild, probe_capabilities, provide_qemu
+from colo_fixtures.colo import ColoPair, VmConfig
+from colo_fixtures.disks import make_replication_disks, scratch_root
+from colo_fixtures.guest import AGENT_PORT, AgentClient, GuestImage, build_guest, kernel_cmdline
+from colo_fixtures.hosts import LocalNamespaceHost
+from colo_fixtures.logscan import scan
+from colo_fixtures.net import LocalLab, connect_in_ns
+from colo_fixtures.qemu import QemuError
+from colo_fixtures.settings import KNOBS, Settings, SettingsError, load_settings
+from colo_fixtures.topology import Topology, local_topology
+
+MARKERS = {
+    "colo": "needs a real COLO pair (QEMU, namespaces, guest)",
+    "checkpoint": "COLO checkpoint behaviour",
+    "failover": "failover and resume",
+    "disk": "disk consistency",
+    "trace": "trace events and the COLO protocol",
+    "paxos": "vm-ft RDMA Paxos logs",
+    "rdma": "needs an RDMA device (skips with the preflight's reason otherwise)",
+    "slow": "long-running variants (nightly)",
+}
+SETTINGS_KEY = pytest.StashKey[Settings]()
+RUN_ID = uuid.uuid4().hex[:6]
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("colo", "COLO harness (also from COLO_* environment and colo_* ini)")
+    for knob in KNOBS:
+        if knob.flag:
+            group.addoption(knob.option, action="store_true", default=None, dest=knob.name,
+                            help=f"{knob.help} [env {knob.env}]")
+        else:
+            default = f"; default {knob.default}" if knob.default else ""
+            group.addoption(knob.option, dest=knob.name, metavar=knob.metavar, default=None,
+                            help=f"{knob.help} [env {knob.env}, ini {knob.ini}{default}]")
+        parser.addini(knob.ini, knob.help, default=None)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for name, description in MARKERS.items():
+        config.addinivalue_line("markers", f"{name}: {description}")
+    cli = {knob.name: config.getoption(knob.name) for knob in KNOBS}
+    ini = {knob.name: config.getini(knob.ini) for knob in KNOBS}
+    try:
+        config.stash[SETTINGS_KEY] = load_settings(cli, ini, os.environ)
+    except SettingsError as exc:
+        raise pytest.UsageError(str(exc)) from None
+
+
+@pytest.fixture(scope="session")
+def colo_settings(pytestconfig: pytest.Config) -> Settings:
+    """The validated settings of this run."""
+    return pytestconfig.stash[SETTINGS_KEY]
+
+
+@pytest.fixture(scope="session")
+def qemu_build(colo_settings: Settings) -> QemuBuild:
+    """The QEMU binary (given, built from a tree, or Debian 7.2 + patches), capability-checked."""
+    s = colo_settings
+    try:
+        build = provide_qemu(s.qemu_binary, s.qemu_src, s.qemu_patches, s.cache_dir)
+        caps = probe_capabilities(build.binary)
+    except BuildError as exc:
+        if exc.log:
+            report.attach_file(exc.log, "QEMU build log")
+        pytest.fail(f"QEMU unavailable: {exc}", pytrace=False)
+    missing = caps.missing()
+    if missing:
+        pytest.skip(f"{build.binary} (QEMU {caps.version}) lacks COLO support: "
+                    f"{', '.join(missing)}")
+    report.environment(qemu_binary=build.binary, qemu_origin=build.origin,
+                       qemu_version=caps.version, qemu_build_key=build.key or "-",
+                       qemu_patches=",".join(build.patches) or "none")
+    return build
+
+
+@pytest.fixture(scope="session")
+def guest_image(colo_settings: Settings) -> GuestImage:
+    """The tiny guest (cloud kernel, busybox initramfs, colo-agent), built once and cached."""
+    return build_guest(colo_settings.cache_dir)
+
+
+@pytest.fixture(scope="session")
+def accel(colo_settings: Settings, qemu_build: QemuBuild, guest_image: GuestImage) -> str:
+    """tcg or kvm, after the time-boxed KVM boot probe when --accel auto."""
+    chosen, reason = choose_accel(colo_settings.accel, qemu_build.binary, guest_image.kernel,
+                                  colo_settings.cache_dir)
+    print(f"\ncolo: accelerator {chosen}: {reason}")
+    report.environment(accel=chosen, accel_reason=reason, guest_kernel=guest_image.kernel_version)
+    return chosen
+
+
+@pytest.fixture(scope="session")
+def worker_id_safe(request: pytest.FixtureRequest) -> str:
+    """The xdist worker id ("master" without xdist)."""
+    return os.environ.get("PYTEST_XDIST_WORKER", "master")
+
+
+def _safe_name(nodeid: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", nodeid).strip("_")[:120]
+
+
+@pytest.fixture
+def artifacts(request: pytest.FixtureRequest, colo_settings: Settings) -> Path:
+    """This test's artifact folder under ``<report-dir>/artifacts/``, emptied first."""
+    folder = colo_settings.report_dir / "artifacts" / _safe_name(request.node.nodeid)
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    return folder
+
+
+@dataclass
+class ColoLab:
+    """A running COLO pair on the embedded lab, with a way to reach its guest agent."""
+
+    topology: Topology
+    lab: LocalLab
+    pair: ColoPair
+    artifacts: Path
+    timeout: float
+    clients: list[AgentClient] = field(default_factory=list)
+    colo_start_seconds: float = 0.0
+
+    def agent(self, timeout: float | None = None) -> AgentClient:
+        """A new connection to the guest agent from the client namespace."""
+        client_ns = self.topology.hosts["client"].netns
+        sock = connect_in_ns(client_ns, self.topology.vm_addr, AGENT_PORT,
+                             timeout or self.timeout)
+        client = AgentClient(sock, timeout=timeout or self.timeout)
+        self.clients.append(client)
+        return client
+
+    def wait_agent_ready(self, timeout: float | None = None) -> None:
+        """Wait for the agent's ready line on both consoles, then for a PING round trip."""
+        limit = timeout or self.timeout * 2
+        deadline = time.monotonic() + limit
+        for side in self.pair.sides:
+            while True:
+                try:
+                    side.wait_console("colo-agent: ready", min(2.0, limit))
+                    break
+                except QemuError:
+                    # Not there yet: a hung or dead side is diagnosed here, not after `limit`.
+                    self.pair.check_responsive()
+                    if time.monotonic() > deadline:
+                        raise
+        self.agent(limit).ping()
+
+    def write_metrics(self, name: str, metrics: dict[str, Any]) -> Path:
+        """Write ``metrics`` as ``<name>.json`` in the artifacts and attach it."""
+        path = self.artifacts / f"{name}.json"
+        path.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+        report.attach_file(path, name)
+        return path
+
+
+@pytest.fixture
+def start_colo(request: pytest.FixtureRequest, colo_settings: Settings, qemu_build: QemuBuild,
+               guest_image: GuestImage, accel: str, artifacts: Path,
+               worker_id_safe: str) -> Iterator[Callable[..., ColoLab]]:
+    """A factory: ``start_colo(checkpoint_delay_ms)`` builds the lab and starts COLO.
+
+    Teardown stops both QEMUs, removes namespaces and scratch, attaches every log, and
+    fails the test if a console or QEMU stderr shows a known-bad pattern.
+    """
+    s = colo_settings
+    started: list[ColoLab] = []
+    scratch: list[Path] = []
+
+    def start(checkpoint_delay_ms: int | None = None, membuf_mib: int = 8) -> ColoLab:
+        topo = local_topology(worker_id_safe, RUN_ID)
+        lab = LocalLab(topo, ledger=artifacts / "ledger.jsonl")
+        lab.create()
+        root = Path(tempfile.mkdtemp(prefix=f"colo-{topo.run_tag}-", dir=scratch_root()))
+        scratch.append(root)
+        hosts = {role: LocalNamespaceHost(spec.netns, role, spec.netns)
+                 for role, spec in topo.hosts.items()}
+        for role in ("primary", "secondary"):
+            (root / role).mkdir()
+        disks = make_replication_disks(hosts["primary"], root / "primary", hosts["secondary"],
+                                       root / "secondary")
+        vm = VmConfig(qemu_build.binary, tuple(qemu_build.firmware_args()), accel,
+                      s.guest_memory, guest_image.kernel, guest_image.initrd,
+                      kernel_cmdline(f"{topo.vm_addr}/24", AGENT_PORT,
+                                     membuf_mib=membuf_mib))
+        pair = ColoPair(vm, topo, hosts, disks, artifacts, root / "sock", s.wait_timeout)
+        colo = ColoLab(topo, lab, pair, artifacts, s.wait_timeout)
+        started.append(colo)
+        colo.colo_start_seconds = pair.start(checkpoint_delay_ms or s.checkpoint_delay)
+        return colo
+
+    yield start
+
+    failed = report.test_failed(request.node)
+    findings = []
+    for colo in started:
+        for client in colo.clients:
+            client.close()
+        colo.pair.stop()
+        colo.lab.destroy()
+        for side in colo.pair.sides:
+            findings += scan(side.console_log, "console") + scan(side.stderr_log, "stderr")
+        report.attach_run(artifacts)
+    for root in scratch:
+        if failed and s.keep_on_failure:
+            print(f"\ncolo: kept scratch {root} (--keep-on-failure)")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+    if findings and not failed:
+        pytest.fail("log analyzer: " + "; ".join(map(str, findings[:5])), pytrace=False)
+
+
+@pytest.fixture
+def colo(start_colo: Callable[..., ColoLab], colo_settings: Settings) -> ColoLab:
+    """A COLO pair running with the configured checkpoint delay and the guest agent ready."""
+    lab = start_colo(colo_settings.checkpoint_delay)
+    lab.wait_agent_ready()
+    return lab
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    report.write_environment(session.config.getoption("allure_report_dir", None))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.when == "call":
+        item.stash[report.FAILED_KEY] = rep.failed

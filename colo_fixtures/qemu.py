@@ -1,0 +1,305 @@
+"""One QEMU process: argv from data, QMP over a unix socket, logs in its own folder.
+
+Every QMP command and reply is appended to ``qmp.jsonl`` (the transcript); every
+event is kept with QEMU's own timestamp. Stopping is graceful (``quit``) and then
+forceful (SIGKILL); nothing is left running and the socket file is removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from qemu.qmp import ExecuteError, QMPClient
+
+
+class QemuError(RuntimeError):
+    """A QEMU failed, did not answer, or a wait on it timed out (the message diagnoses it)."""
+
+
+def tail(path: Path, lines: int = 20) -> str:
+    """Last ``lines`` lines of a text file, or a note that it is missing."""
+    try:
+        text = path.read_text(errors="replace")
+    except FileNotFoundError:
+        return f"({path.name} missing)"
+    return "\n".join(text.splitlines()[-lines:]) or f"({path.name} empty)"
+
+
+class SyncQmp:
+    """A synchronous face on qemu.qmp's QMPClient, with its own event loop and timeouts."""
+
+    def __init__(self, name: str):
+        self.loop = asyncio.new_event_loop()
+        self.client = QMPClient(name)
+
+    def run(self, awaitable: Any, timeout: float) -> Any:
+        return self.loop.run_until_complete(asyncio.wait_for(awaitable, timeout))
+
+    def connect(self, path: Path, timeout: float) -> None:
+        self.run(self.client.connect(str(path)), timeout)
+
+    def execute(self, command: str, arguments: dict[str, Any], timeout: float) -> Any:
+        return self.run(self.client.execute(command, arguments or None), timeout)
+
+    def drain(self, wait: float = 0.0) -> list[dict[str, Any]]:
+        """Events received so far; with ``wait``, block up to that long for a first one."""
+        self.run(asyncio.sleep(0.005), 1)
+        messages = [dict(m) for m in self.client.events.clear()]
+        if not messages and wait > 0:
+            with contextlib.suppress(asyncio.TimeoutError, TimeoutError):
+                messages.append(dict(self.run(self.client.events.get(), wait)))
+        return messages
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.run(self.client.disconnect(), 5)
+        self.loop.close()
+
+
+@dataclass(frozen=True)
+class QmpEvent:
+    """A QMP event with QEMU's timestamp (seconds since the epoch)."""
+
+    name: str
+    data: dict[str, Any]
+    timestamp: float
+
+    @classmethod
+    def from_message(cls, message: dict[str, Any]) -> QmpEvent:
+        stamp = message.get("timestamp", {})
+        seconds = stamp.get("seconds", 0) + stamp.get("microseconds", 0) / 1e6
+        return cls(message.get("event", "?"), message.get("data", {}), seconds or time.time())
+
+
+@dataclass
+class QemuProcess:
+    """A QEMU started from ``argv`` (which must not contain -qmp/-serial/-D: they are added).
+
+    ``workdir`` receives argv.txt, stderr.log, console.log, trace.log and qmp.jsonl;
+    ``sockdir`` is a short private directory for the QMP socket.
+    """
+
+    name: str
+    argv: Sequence[str]
+    workdir: Path
+    sockdir: Path
+    launcher: Callable[[list[str]], list[str]] = list
+    env: dict[str, str] | None = None
+    cwd: Path | None = None
+    events: list[QmpEvent] = field(default_factory=list)
+    process: subprocess.Popen[bytes] | None = None
+    _qmp: SyncQmp | None = None
+
+    @property
+    def qmp_path(self) -> Path:
+        return self.sockdir / f"{self.name}.qmp"
+
+    @property
+    def console_log(self) -> Path:
+        return self.workdir / f"{self.name}-console.log"
+
+    @property
+    def stderr_log(self) -> Path:
+        return self.workdir / f"{self.name}-stderr.log"
+
+    @property
+    def trace_log(self) -> Path:
+        return self.workdir / f"{self.name}-trace.log"
+
+    @property
+    def transcript(self) -> Path:
+        return self.workdir / f"{self.name}-qmp.jsonl"
+
+    @property
+    def pid(self) -> int:
+        if self.process is None:
+            raise QemuError(f"{self.name}: not started")
+        return self.process.pid
+
+    def full_argv(self) -> list[str]:
+        """The argv as run, with the harness's QMP, serial and log plumbing added."""
+        return self.launcher([
+            *self.argv,
+            "-qmp", f"unix:{self.qmp_path},server=on,wait=off",
+            "-serial", f"file:{self.console_log}",
+            "-D", str(self.trace_log),
+            "-msg", "timestamp=on",
+            "-display", "none",
+            "-monitor", "none",
+        ])
+
+    def start(self) -> None:
+        """Start the process; QMP is connected lazily by ``connect``."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.sockdir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        argv = self.full_argv()
+        (self.workdir / f"{self.name}-argv.txt").write_text("\n".join(argv) + "\n")
+        with self.stderr_log.open("ab") as err:
+            self.process = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=err, stderr=err, cwd=self.cwd,
+                env={**os.environ, **self.env} if self.env else None, start_new_session=True)
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def connect(self, timeout: float) -> None:
+        """Connect QMP, waiting up to ``timeout`` for the socket; diagnose a dead process."""
+        deadline = time.monotonic() + timeout
+        last_error: Exception | None = None
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise QemuError(f"{self.name} exited before QMP answered\n{self.diagnosis()}")
+            if self.qmp_path.exists():
+                qmp = SyncQmp(self.name)
+                try:
+                    qmp.connect(self.qmp_path, timeout=5)
+                    self._qmp = qmp
+                    return
+                except Exception as exc:  # connection refused while QEMU starts up
+                    last_error = exc
+                    qmp.close()
+            time.sleep(0.1)
+        raise QemuError(f"{self.name}: QMP at {self.qmp_path} did not answer within {timeout:.0f}s"
+                        f" (last error: {last_error})\n{self.diagnosis()}")
+
+    def _log(self, record: dict[str, Any]) -> None:
+        with self.transcript.open("a") as out:
+            out.write(json.dumps(record, default=str) + "\n")
+
+    def qmp(self, command: str, timeout: float = 30, **arguments: Any) -> Any:
+        """Run a QMP command and return its result; QMP errors and timeouts raise QemuError."""
+        if self._qmp is None:
+            raise QemuError(f"{self.name}: QMP not connected")
+        started = time.time()
+        record: dict[str, Any] = {"t": started, "execute": command, "arguments": arguments}
+        try:
+            result = self._qmp.execute(command, arguments, timeout)
+        except ExecuteError as exc:
+            record.update(error=str(exc), seconds=round(time.time() - started, 6))
+            self._log(record)
+            raise QemuError(f"{self.name}: {command} failed: {exc}") from None
+        except TimeoutError:
+            record.update(error="timeout", seconds=timeout)
+            self._log(record)
+            raise QemuError(f"{self.name}: QMP unresponsive: {command} got no answer within "
+                            f"{timeout:g}s\n{self.diagnosis()}") from None
+        finally:
+            self._collect()
+        record.update(result=result, seconds=round(time.time() - started, 6))
+        self._log(record)
+        return result
+
+    def hmp(self, command_line: str, timeout: float = 30) -> str:
+        """A human monitor command through QMP; returns the monitor's text output."""
+        reply = self.qmp("human-monitor-command", timeout=timeout, **{"command-line": command_line})
+        return str(reply)
+
+    def _collect(self, wait: float = 0.0) -> list[QmpEvent]:
+        if self._qmp is None:
+            return []
+        fresh = [QmpEvent.from_message(m) for m in self._qmp.drain(wait)]
+        for event in fresh:
+            self._log({"t": event.timestamp, "event": event.name, "data": event.data})
+        self.events.extend(fresh)
+        return fresh
+
+    def poll_events(self, wait: float = 0.0) -> list[QmpEvent]:
+        """Events that arrived since the last call, waiting up to ``wait`` seconds for one."""
+        return self._collect(wait)
+
+    def wait_event(self, name: str, timeout: float,
+                   match: Callable[[QmpEvent], bool] = lambda e: True,
+                   since: float = 0.0) -> QmpEvent:
+        """First event ``name`` (with timestamp >= ``since``) satisfying ``match``, or QemuError."""
+        deadline = time.monotonic() + timeout
+        seen = 0
+        while True:
+            for event in self.events[seen:]:
+                if event.name == name and event.timestamp >= since and match(event):
+                    return event
+            seen = len(self.events)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise QemuError(f"{self.name}: no {name} event within {timeout:g}s\n"
+                                f"{self.diagnosis()}")
+            if not self.alive():
+                raise QemuError(f"{self.name} exited while waiting for {name}\n{self.diagnosis()}")
+            self.poll_events(wait=min(remaining, 0.5))
+
+    def wait_console(self, text: str, timeout: float) -> None:
+        """Wait until the serial console log contains ``text``; diagnose death or timeout."""
+        deadline = time.monotonic() + timeout
+        needle = text.encode()
+        while True:
+            with contextlib.suppress(FileNotFoundError):
+                if needle in self.console_log.read_bytes():
+                    return
+            if not self.alive():
+                raise QemuError(f"{self.name} exited before its console showed {text!r}\n"
+                                f"{self.diagnosis()}")
+            if time.monotonic() > deadline:
+                raise QemuError(f"{self.name}: console did not show {text!r} within "
+                                f"{timeout:g}s\n{self.diagnosis()}")
+            self.poll_events(wait=0.2)
+
+    def signal(self, signum: int) -> None:
+        """Send ``signum`` to this QEMU (fault injection)."""
+        os.kill(self.pid, signum)
+
+    def stop(self, timeout: float = 10) -> int | None:
+        """``quit`` over QMP, then SIGKILL after ``timeout``; close QMP; remove the socket."""
+        if self.process is None:
+            return None
+        if self.alive() and self._qmp is not None:
+            with contextlib.suppress(Exception):
+                self.qmp("quit", timeout=min(timeout, 5))
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=30)
+        if self.alive():
+            self.process.kill()
+        self.process.wait()
+        self.close_qmp()
+        with contextlib.suppress(FileNotFoundError):
+            self.qmp_path.unlink()
+        return self.process.returncode
+
+    def kill(self) -> None:
+        """SIGKILL without ceremony and reap (a fault, or teardown of a hung process)."""
+        if self.alive():
+            self.process.kill()  # type: ignore[union-attr]
+        if self.process is not None:
+            self.process.wait(timeout=30)
+        self.close_qmp()
+
+    def close_qmp(self) -> None:
+        if self._qmp is not None:
+            with contextlib.suppress(Exception):
+                self._collect()
+            self._qmp.close()
+            self._qmp = None
+
+    def diagnosis(self) -> str:
+        """What a failed wait needs: exit status, last events, console and stderr tails."""
+        code = self.process.returncode if self.process else None
+        status = "running" if self.alive() else f"exited with {code}"
+        if self.process is not None and self.process.returncode is not None \
+                and self.process.returncode < 0:
+            status += f" ({signal.Signals(-self.process.returncode).name})"
+        events = ", ".join(f"{e.name}@{e.timestamp:.3f}" for e in self.events[-8:]) or "none"
+        return (f"--- {self.name} (pid {self.process and self.process.pid}): {status}\n"
+                f"last QMP events: {events}\n"
+                f"--- console tail ({self.console_log}):\n{tail(self.console_log, 15)}\n"
+                f"--- stderr tail ({self.stderr_log}):\n{tail(self.stderr_log, 10)}")

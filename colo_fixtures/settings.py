@@ -1,0 +1,212 @@
+"""Every knob of the harness, read once from command line, environment and ini.
+
+Precedence, highest first: command line option, environment variable, ini value
+(``[tool.pytest.ini_options]`` or ``pytest.ini``), built-in default. Each knob is
+declared once in ``KNOBS``; the pytest options, the ini keys and the environment
+names are derived from that table, and ``load_settings`` validates every value
+into the frozen ``Settings`` before anything starts.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from colo_fixtures.cache import default_cache_dir
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_PATCHES = PROJECT_ROOT / "patches" / "qemu-7.2"
+ACCELS = ("auto", "tcg", "kvm")
+PROFILES = ("local", "inventory")
+
+
+class SettingsError(ValueError):
+    """A knob has a bad value; the message is one line naming the knob and the fix."""
+
+
+def _path(value: str) -> Path:
+    return Path(value).expanduser()
+
+
+def _existing_file(value: str) -> Path:
+    path = _path(value)
+    if not path.is_file():
+        raise ValueError(f"no such file: {path}")
+    if not os.access(path, os.X_OK):
+        raise ValueError(f"not executable: {path}")
+    return path.resolve()
+
+
+def _existing_dir(value: str) -> Path:
+    path = _path(value)
+    if not path.is_dir():
+        raise ValueError(f"no such directory: {path}")
+    return path.resolve()
+
+
+def _choice(choices: tuple[str, ...]) -> Callable[[str], str]:
+    def parse(value: str) -> str:
+        if value not in choices:
+            raise ValueError(f"{value!r} is not one of {', '.join(choices)}")
+        return value
+
+    return parse
+
+
+def _int_range(low: int, high: int) -> Callable[[str], int]:
+    def parse(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not an integer") from None
+        if not low <= number <= high:
+            raise ValueError(f"{number} is outside {low}..{high}")
+        return number
+
+    return parse
+
+
+def _float_range(low: float, high: float) -> Callable[[str], float]:
+    def parse(value: str) -> float:
+        try:
+            number = float(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not a number") from None
+        if not low <= number <= high:
+            raise ValueError(f"{number:g} is outside {low:g}..{high:g}")
+        return number
+
+    return parse
+
+
+def _bool(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"{value!r} is not a boolean (use true/false)")
+
+
+@dataclass(frozen=True)
+class Knob:
+    """One setting: its option, ini key and environment variable are derived from ``name``."""
+
+    name: str
+    parse: Callable[[str], Any]
+    default: str | None
+    help: str
+    metavar: str = "VALUE"
+    flag: bool = False
+
+    @property
+    def option(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def ini(self) -> str:
+        return "colo_" + self.name
+
+    @property
+    def env(self) -> str:
+        return "COLO_" + self.name.upper()
+
+
+KNOBS: tuple[Knob, ...] = (
+    Knob("qemu_binary", _existing_file, None,
+         "use this qemu-system-x86_64 instead of building one", "PATH"),
+    Knob("qemu_src", _existing_dir, None,
+         "build QEMU from this source tree instead of Debian's 7.2 source package", "DIR"),
+    Knob("qemu_patches", _existing_dir, str(DEFAULT_PATCHES),
+         "patch series applied before building (a directory of *.patch, optional 'series')",
+         "DIR"),
+    Knob("accel", _choice(ACCELS), "auto",
+         "accelerator: auto probes KVM with a time-boxed boot and falls back to TCG",
+         "auto|tcg|kvm"),
+    Knob("guest_memory", _int_range(64, 65536), "256", "guest RAM in MiB", "MIB"),
+    Knob("checkpoint_delay", _int_range(10, 3_600_000), "20000",
+         "default x-checkpoint-delay in ms (suites pick their own short delays explicitly)", "MS"),
+    Knob("colo_profile", _choice(PROFILES), "local",
+         "lab profile: local (namespaces on this machine) or inventory (hosts over SSH)",
+         "local|inventory"),
+    Knob("inventory", _path, None, "inventory file (TOML) for --colo-profile inventory", "PATH"),
+    Knob("report_dir", _path, str(PROJECT_ROOT / "reports"),
+         "where per-test artifacts and metrics are written", "DIR"),
+    Knob("cache_dir", _path, None,
+         "build cache for QEMU and the guest (default ~/.cache/colo-harness)", "DIR"),
+    Knob("keep_on_failure", _bool, "false",
+         "keep scratch disks and sockets of failed tests for inspection", flag=True),
+    Knob("wait_timeout", _float_range(1, 3600), "60",
+         "seconds any single wait (boot, QMP, COLO state) may take before it is diagnosed",
+         "SECONDS"),
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The validated configuration of one run."""
+
+    qemu_binary: Path | None = None
+    qemu_src: Path | None = None
+    qemu_patches: Path = DEFAULT_PATCHES
+    accel: str = "auto"
+    guest_memory: int = 256
+    checkpoint_delay: int = 20000
+    colo_profile: str = "local"
+    inventory: Path | None = None
+    report_dir: Path = PROJECT_ROOT / "reports"
+    cache_dir: Path = field(default_factory=default_cache_dir)
+    keep_on_failure: bool = False
+    wait_timeout: float = 60.0
+
+    def describe(self) -> dict[str, str]:
+        """Settings as strings, for reports."""
+        return {name: str(value) for name, value in vars(self).items()}
+
+
+def load_settings(
+    cli: Mapping[str, Any],
+    ini: Mapping[str, str | None],
+    env: Mapping[str, str],
+) -> Settings:
+    """Resolve every knob by precedence and validate it; raise SettingsError on the first bad one.
+
+    ``cli`` maps knob names to command-line values (None when not given), ``ini`` maps
+    knob names to ini strings (None or "" when unset), ``env`` is the process environment.
+    """
+    values: dict[str, Any] = {}
+    for knob in KNOBS:
+        cli_value = cli.get(knob.name)
+        if knob.flag and cli_value is False:
+            cli_value = None
+        if cli_value is not None:
+            raw, source = str(cli_value), knob.option
+        elif env.get(knob.env):
+            raw, source = env[knob.env], f"${knob.env}"
+        elif ini.get(knob.name):
+            raw, source = str(ini[knob.name]), f"ini {knob.ini}"
+        elif knob.default is not None:
+            raw, source = knob.default, "default"
+        else:
+            continue
+        try:
+            values[knob.name] = knob.parse(raw)
+        except ValueError as exc:
+            raise SettingsError(f"{source}: {exc} ({knob.help})") from None
+    settings = Settings(**values)
+    _check_combinations(settings)
+    return settings
+
+
+def _check_combinations(settings: Settings) -> None:
+    if settings.qemu_binary and settings.qemu_src:
+        raise SettingsError(
+            "--qemu-binary and --qemu-src both given: choose a binary or a tree to build"
+        )
+    if settings.colo_profile == "inventory" and settings.inventory is None:
+        raise SettingsError("--colo-profile inventory needs --inventory PATH (a TOML file)")
+    if settings.inventory is not None and not settings.inventory.is_file():
+        raise SettingsError(f"--inventory: no such file: {settings.inventory}")

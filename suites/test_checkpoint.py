@@ -1,0 +1,130 @@
+"""COLO checkpoints on the embedded lab: COLO runs, checkpoints keep time, traffic is served.
+
+Every test starts its own pair (secondary, then primary, then ``migrate``), waits for the
+guest agent on both consoles, and at teardown the log analyzer fails the test if either
+console or QEMU's stderr shows a panic, a BUG, a memory divergence or a QEMU error.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import allure
+import pytest
+
+from colo_fixtures.trace import intervals, percentile
+
+pytestmark = [pytest.mark.colo, pytest.mark.checkpoint, allure.epic("COLO"),
+              allure.feature("checkpoint")]
+
+QUIET_DELAY_MS = 20000  # long enough that no periodic checkpoint falls into a short window
+
+
+def heartbeat_memerrors(console_text: str) -> list[int]:
+    """memerrors=N of every colo-agent heartbeat line on a console."""
+    return [int(line.rsplit("memerrors=", 1)[1].split()[0])
+            for line in console_text.splitlines() if "colo-agent: hb=" in line]
+
+
+@allure.story("COLO reaches running on both sides")
+def test_colo_running_on_both_sides(colo):
+    assert colo.pair.colo_modes() == ("primary", "secondary")
+    status = colo.pair.primary.qmp("query-migrate")
+    assert status["status"] == "colo", status
+    assert colo.pair.primary.qmp("query-status")["status"] == "running"
+    assert colo.agent().ping() >= 0
+    colo.write_metrics("colo-start", {"migrate_to_colo_seconds": colo.colo_start_seconds})
+
+
+@allure.story("periodic checkpoints follow x-checkpoint-delay")
+@pytest.mark.parametrize("delay_ms", [1000, 2000])
+def test_periodic_checkpoints_follow_delay(start_colo, delay_ms):
+    colo = start_colo(delay_ms)
+    colo.wait_agent_ready()
+    first = len(colo.pair.wait_checkpoints(1, timeout=delay_ms / 1000 * 3 + 30))
+    wanted = first + 6
+    done = colo.pair.wait_checkpoints(wanted, timeout=delay_ms / 1000 * 6 * 2 + 30)
+    gaps_ms = [gap * 1000 for gap in intervals(done[first - 1:wanted])]
+    median = statistics.median(gaps_ms)
+    errors = [gap - delay_ms for gap in gaps_ms]
+    colo.write_metrics(f"checkpoint-interval-{delay_ms}ms", {
+        "delay_ms": delay_ms, "intervals_ms": gaps_ms, "median_ms": median,
+        "max_abs_error_ms": max(abs(e) for e in errors)})
+    tolerance = max(50.0, 0.05 * delay_ms)
+    assert abs(median - delay_ms) <= tolerance, (
+        f"median checkpoint interval {median:.0f} ms, expected {delay_ms} ms ± {tolerance:.0f}")
+    late = [gap for gap in gaps_ms if gap > delay_ms + tolerance]
+    assert not late, f"checkpoints later than the delay allows: {late}"
+
+
+@allure.story("changing x-checkpoint-delay during COLO forces a checkpoint")
+def test_changing_delay_forces_checkpoint(start_colo):
+    colo = start_colo(QUIET_DELAY_MS)
+    colo.wait_agent_ready()
+    colo.pair.wait_checkpoints(1, timeout=QUIET_DELAY_MS / 1000 + 60)
+    before = len(colo.pair.checkpoints())
+    changed_at = time.time()
+    colo.pair.set_checkpoint_delay(QUIET_DELAY_MS + 1000)
+    done = colo.pair.wait_checkpoints(before + 1, timeout=10)
+    forced = done[before]
+    latency = forced.requested - changed_at
+    colo.write_metrics("forced-checkpoint", {"seconds_from_set_to_request": latency,
+                                            "pause_seconds": forced.pause})
+    assert latency < QUIET_DELAY_MS / 1000 / 2, (
+        f"the checkpoint after migrate-set-parameters came {latency:.1f}s later: not forced")
+
+
+@allure.story("client traffic triggers checkpoints and every request succeeds")
+def test_client_traffic_is_served_and_compared(start_colo):
+    colo = start_colo(QUIET_DELAY_MS)
+    colo.wait_agent_ready()
+    colo.pair.wait_checkpoints(1, timeout=QUIET_DELAY_MS / 1000 + 60)
+    window_start = time.time()
+    before = len(colo.pair.checkpoints())
+    ifb_before = colo.lab.ifb_stats()
+    agent = colo.agent()
+    writes = {}
+    for i in range(40):
+        key, value = f"k{i % 8}", f"v{i}"
+        writes[key] = (agent.put(key, value), value)
+        # PING replies carry the guest's uptime, which differs between primary and
+        # secondary: colo-compare must see the difference and force a checkpoint.
+        if i % 10 == 9:
+            agent.ping()
+    for key, (seq, value) in writes.items():
+        assert agent.get(key) == (seq, value)
+    elapsed = time.time() - window_start
+    after = colo.pair.checkpoints()
+    triggered = [c for c in after[before:] if c.requested >= window_start]
+    ifb_after = colo.lab.ifb_stats()
+    redirected = ifb_after["ifb_tx_packets"] - ifb_before["ifb_tx_packets"]
+    colo.write_metrics("traffic", {"operations": 40 + 4 + len(writes), "seconds": elapsed,
+                                   "checkpoints_in_window": len(triggered),
+                                   "ifb_redirected_packets": redirected})
+    assert elapsed < QUIET_DELAY_MS / 1000, "the traffic window outlasted the checkpoint delay"
+    assert triggered, "client traffic with differing replies forced no checkpoint"
+    assert redirected >= 40, f"only {redirected} packets went through ifb0's redirection"
+
+
+@allure.story("checkpoint pause times and guest integrity")
+def test_checkpoint_pause_and_integrity(start_colo):
+    delay_ms = 1000
+    colo = start_colo(delay_ms)
+    colo.wait_agent_ready()
+    first = len(colo.pair.wait_checkpoints(1, timeout=60))
+    done = colo.pair.wait_checkpoints(first + 15, timeout=15 * 3 + 60)[first:]
+    pauses = [c.pause for c in done if c.pause is not None]
+    assert len(pauses) == len(done), "a checkpoint never resumed the primary"
+    figures = {"checkpoints": len(pauses), "delay_ms": delay_ms,
+               "pause_p50_ms": percentile(pauses, 0.5) * 1000,
+               "pause_p95_ms": percentile(pauses, 0.95) * 1000,
+               "pause_max_ms": max(pauses) * 1000}
+    mem = colo.agent().mem()
+    figures["primary_mem_rounds"] = mem["rounds"]
+    colo.write_metrics("checkpoint-pause", figures)
+    assert mem["errors"] == 0, f"primary guest memory check failed: {mem}"
+    assert figures["pause_max_ms"] < delay_ms, f"a checkpoint paused the VM too long: {figures}"
+    secondary_errors = heartbeat_memerrors(colo.pair.secondary.console_log.read_text())
+    assert secondary_errors, "the secondary's console shows no agent heartbeat"
+    assert max(secondary_errors) == 0, "the secondary guest's memory check failed"

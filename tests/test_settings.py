@@ -1,0 +1,99 @@
+"""Settings: precedence, validation, one-line errors, and the pytest option wiring."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from colo_fixtures.settings import KNOBS, Settings, SettingsError, load_settings
+
+NO_CLI: dict = {}
+NO_INI: dict = {}
+
+
+def test_defaults():
+    settings = load_settings(NO_CLI, NO_INI, {})
+    assert settings.accel == "auto"
+    assert settings.checkpoint_delay == 20000
+    assert settings.guest_memory == 256
+    assert settings.colo_profile == "local"
+    assert settings.keep_on_failure is False
+    assert settings.qemu_patches.name == "qemu-7.2"
+
+
+def test_precedence_cli_over_env_over_ini():
+    ini = {"checkpoint_delay": "3000", "guest_memory": "512"}
+    env = {"COLO_CHECKPOINT_DELAY": "2000"}
+    assert load_settings(NO_CLI, ini, env).checkpoint_delay == 2000
+    assert load_settings(NO_CLI, ini, env).guest_memory == 512
+    assert load_settings({"checkpoint_delay": "1000"}, ini, env).checkpoint_delay == 1000
+
+
+def test_flag_from_env_and_cli():
+    assert load_settings(NO_CLI, NO_INI, {"COLO_KEEP_ON_FAILURE": "yes"}).keep_on_failure
+    assert load_settings({"keep_on_failure": True}, NO_INI, {}).keep_on_failure
+    assert not load_settings({"keep_on_failure": False}, NO_INI, {}).keep_on_failure
+
+
+@pytest.mark.parametrize(("cli", "env", "expected"), [
+    ({"accel": "hvf"}, {}, "--accel: 'hvf' is not one of auto, tcg, kvm"),
+    ({}, {"COLO_GUEST_MEMORY": "lots"}, "$COLO_GUEST_MEMORY: 'lots' is not an integer"),
+    ({"checkpoint_delay": "0"}, {}, "--checkpoint-delay: 0 is outside 10..3600000"),
+    ({"qemu_binary": "/nonexistent/qemu"}, {}, "--qemu-binary: no such file: /nonexistent/qemu"),
+    ({"qemu_src": "/nonexistent"}, {}, "--qemu-src: no such directory: /nonexistent"),
+    ({"colo_profile": "cloud"}, {}, "--colo-profile: 'cloud' is not one of local"),
+    ({}, {"COLO_KEEP_ON_FAILURE": "maybe"}, "'maybe' is not a boolean"),
+])
+def test_bad_values_are_one_line_errors(cli, env, expected):
+    with pytest.raises(SettingsError) as info:
+        load_settings(cli, NO_INI, env)
+    message = str(info.value)
+    assert expected in message
+    assert "\n" not in message
+
+
+def test_binary_and_source_are_exclusive(tmp_path: Path):
+    binary = tmp_path / "qemu"
+    binary.write_text("#!/bin/sh\n")
+    binary.chmod(0o755)
+    with pytest.raises(SettingsError, match="choose a binary or a tree"):
+        load_settings({"qemu_binary": str(binary), "qemu_src": str(tmp_path)}, NO_INI, {})
+
+
+def test_every_knob_is_a_settings_field():
+    fields = set(Settings.__dataclass_fields__)
+    assert {knob.name for knob in KNOBS} == fields
+
+
+def test_settings_are_frozen():
+    settings = load_settings(NO_CLI, NO_INI, {})
+    with pytest.raises(AttributeError):
+        settings.accel = "kvm"  # type: ignore[misc]
+
+
+def _pytest(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "pytest", *args], capture_output=True,
+                          text=True, cwd=Path(__file__).resolve().parent.parent, timeout=120)
+
+
+def test_bad_option_is_a_usage_error_before_anything_starts():
+    result = _pytest("suites/", "-m", "colo", "--accel", "hvf", "--collect-only", "-q")
+    assert result.returncode == 4, result.stdout + result.stderr
+    assert "--accel: 'hvf' is not one of auto, tcg, kvm" in result.stderr
+
+
+def test_options_are_grouped_in_help():
+    result = _pytest("--help")
+    assert result.returncode == 0
+    section = result.stdout.split("COLO harness", 1)[1]
+    for knob in KNOBS:
+        assert knob.option in section
+
+
+def test_suites_collect_with_strict_markers():
+    result = _pytest("suites/", "-m", "colo", "--collect-only", "-q")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "suites/test_checkpoint.py::test_colo_running_on_both_sides" in result.stdout

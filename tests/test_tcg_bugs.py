@@ -1,0 +1,59 @@
+"""The two TCG bugs of QEMU 7.2's COLO are caught by the suites, each with a diagnosis.
+
+These run the real checkpoint suite in a child pytest against a QEMU that lacks fixes:
+Debian's stock binary (no fix: the first checkpoint deadlocks) and a build with only
+patch 0001 (the secondary's memory diverges). Both must fail, loudly and in bounded time.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PATCHES = ROOT / "patches" / "qemu-7.2"
+STOCK_QEMU = Path("/usr/bin/qemu-system-x86_64")
+DIVERGENCE_SIGNS = ("MEMCHECK FAIL", "memory check failed", "general protection",
+                    "Kernel panic", "BUG", "died during COLO", "exited while")
+
+
+def run_suite(tmp_path: Path, test: str, *options: str, timeout: float) -> tuple[int, str, float]:
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", f"suites/test_checkpoint.py::{test}", "-p",
+         "no:cacheprovider", "-q", "--accel", "tcg", "--report-dir", str(tmp_path / "reports"),
+         *options],
+        cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    output = result.stdout + result.stderr
+    (tmp_path / "child-pytest.log").write_text(output)
+    return result.returncode, output, time.monotonic() - started
+
+
+@pytest.mark.skipif(not STOCK_QEMU.exists(), reason="Debian's qemu-system-x86 is not installed")
+def test_stock_qemu_deadlock_is_diagnosed(tmp_path: Path):
+    rc, output, seconds = run_suite(
+        tmp_path, "test_periodic_checkpoints_follow_delay[1000]",
+        "--qemu-binary", str(STOCK_QEMU), timeout=600)
+    assert rc == 1, f"the suite did not fail against stock QEMU (rc {rc}):\n{output[-3000:]}"
+    assert "QMP unresponsive" in output, output[-3000:]
+    assert "TCG checkpoint deadlock" in output, output[-3000:]
+    print(f"stock QEMU deadlock diagnosed in {seconds:.0f}s")
+
+
+def test_build_with_only_the_first_fix_is_caught(tmp_path: Path):
+    only_first = tmp_path / "patches"
+    only_first.mkdir()
+    first = sorted(PATCHES.glob("0001-*.patch"))[0]
+    shutil.copy(first, only_first / first.name)
+    (only_first / "series").write_text(first.name + "\n")
+    rc, output, seconds = run_suite(
+        tmp_path, "test_checkpoint_pause_and_integrity", "--qemu-patches", str(only_first),
+        timeout=1800)
+    assert rc == 1, f"divergence went unnoticed (rc {rc}):\n{output[-3000:]}"
+    assert any(sign in output for sign in DIVERGENCE_SIGNS), output[-3000:]
+    print(f"divergence with only the first fix caught in {seconds:.0f}s")
