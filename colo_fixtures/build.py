@@ -37,7 +37,7 @@ BINARY_NAME = "qemu-system-x86_64"
 REQUIRED_OBJECTS = ("colo-compare", "filter-mirror", "filter-redirector", "filter-rewriter",
                     "iothread")
 REQUIRED_FORMATS = ("quorum", "replication", "nbd", "qcow2", "raw")
-REQUIRED_TRACE_PREFIXES = ("colo_", "replication_")
+REQUIRED_TRACE_PREFIXES = ("colo_",)
 
 
 class BuildError(RuntimeError):

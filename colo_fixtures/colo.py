@@ -19,7 +19,7 @@ from colo_fixtures.qemu import QemuError, QemuProcess
 from colo_fixtures.topology import Topology
 from colo_fixtures.trace import Checkpoint, checkpoints, colo_message, read_trace
 
-TRACE_PATTERNS = ("colo_*", "replication_*")
+TRACE_PATTERNS = ("colo_*",)
 
 
 @dataclass(frozen=True)

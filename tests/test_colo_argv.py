@@ -33,7 +33,7 @@ def test_primary_argv():
         "filter-mirror", "filter-redirector", "filter-redirector", "iothread", "colo-compare"]
     drive = options(argv, "-drive")[0]
     assert "driver=quorum" in drive and "children.0.file.filename=/s/p/primary.raw" in drive
-    assert options(argv, "-trace") == ["enable=colo_*", "enable=replication_*"]
+    assert options(argv, "-trace") == ["enable=colo_*"]
     assert all(isinstance(word, str) for word in argv)
 
 

@@ -1,0 +1,47 @@
+"""A COLO suite run leaves nothing behind: no namespace, QEMU, scratch dir or socket."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from pyroute2 import netns
+
+from colo_fixtures.disks import scratch_root
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """PIDs whose command line contains ``text``."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if text.encode() in (proc / "cmdline").read_bytes():
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
+
+
+def test_suite_run_cleans_up(tmp_path: Path):
+    namespaces_before = set(netns.listnetns())
+    scratch_before = set(scratch_root().glob("colo-*"))
+    reports = tmp_path / "reports"
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "suites/test_checkpoint.py::test_colo_running_on_both_sides",
+         "-p", "no:cacheprovider", "-q", "--report-dir", str(reports)],
+        cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert set(netns.listnetns()) == namespaces_before
+    assert set(scratch_root().glob("colo-*")) == scratch_before
+    assert processes_mentioning(str(reports)) == []
+    artifacts = next((reports / "artifacts").iterdir())
+    for name in ("primary-argv.txt", "secondary-argv.txt", "primary-qmp.jsonl",
+                 "primary-console.log", "secondary-console.log", "primary-trace.log",
+                 "colo-start.json", "ledger.jsonl"):
+        assert (artifacts / name).is_file(), f"{name} missing from {artifacts}"
+    assert not list(artifacts.glob("*.qmp")), "a QMP socket was left in the artifacts"
