@@ -14,6 +14,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from colo_fixtures.build import QemuBuild
+
 
 def _boot_id() -> str:
     try:
@@ -22,13 +24,13 @@ def _boot_id() -> str:
         return "unknown"
 
 
-def probe_kvm(binary: Path, kernel: Path, timeout: float = 8.0) -> tuple[bool, str]:
+def probe_kvm(qemu: QemuBuild, kernel: Path, timeout: float = 8.0) -> tuple[bool, str]:
     """Boot ``kernel`` under KVM; (True, reason) if it printed within ``timeout`` seconds."""
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         return False, "/dev/kvm is missing or not accessible"
     with tempfile.TemporaryDirectory(prefix="colo-kvm-probe-") as tmp:
         console = Path(tmp) / "console.log"
-        argv = [str(binary), "-accel", "kvm", "-nodefaults", "-display", "none", "-m", "128",
+        argv = [str(qemu.binary), *qemu.firmware_args(), "-accel", "kvm", "-nodefaults", "-display", "none", "-m", "128",
                 "-kernel", str(kernel), "-append", "console=ttyS0 panic=-1", "-no-reboot",
                 "-serial", f"file:{console}"]
         started = time.monotonic()
@@ -52,7 +54,8 @@ def probe_kvm(binary: Path, kernel: Path, timeout: float = 8.0) -> tuple[bool, s
             proc.wait()
 
 
-def choose_accel(requested: str, binary: Path, kernel: Path, cache_dir: Path) -> tuple[str, str]:
+def choose_accel(requested: str, qemu: QemuBuild, kernel: Path,
+                 cache_dir: Path) -> tuple[str, str]:
     """(accel, reason) for ``requested`` in auto|tcg|kvm; auto probes KVM once per host boot."""
     if requested == "tcg":
         return "tcg", "requested with --accel tcg"
@@ -66,7 +69,7 @@ def choose_accel(requested: str, binary: Path, kernel: Path, cache_dir: Path) ->
             return ("kvm" if ok else "tcg"), f"{reason} (probe cached for this boot)"
     except (OSError, ValueError, KeyError):
         pass
-    ok, reason = probe_kvm(binary, kernel)
+    ok, reason = probe_kvm(qemu, kernel)
     cache_dir.mkdir(parents=True, exist_ok=True)
     verdict_file.write_text(json.dumps({"boot_id": _boot_id(), "ok": ok, "reason": reason}))
     return ("kvm" if ok else "tcg"), reason

@@ -103,7 +103,7 @@ def guest_image(colo_settings: Settings) -> GuestImage:
 @pytest.fixture(scope="session")
 def accel(colo_settings: Settings, qemu_build: QemuBuild, guest_image: GuestImage) -> str:
     """tcg or kvm, after the time-boxed KVM boot probe when --accel auto."""
-    chosen, reason = choose_accel(colo_settings.accel, qemu_build.binary, guest_image.kernel,
+    chosen, reason = choose_accel(colo_settings.accel, qemu_build, guest_image.kernel,
                                   colo_settings.cache_dir)
     print(f"\ncolo: accelerator {chosen}: {reason}")
     report.environment(accel=chosen, accel_reason=reason, guest_kernel=guest_image.kernel_version)
@@ -151,13 +151,18 @@ class ColoLab:
         return client
 
     def wait_agent_ready(self, timeout: float | None = None) -> None:
-        """Wait for the agent's ready line on both consoles, then for a PING round trip."""
+        """Wait for the agent on both consoles, then for a PING round trip.
+
+        The primary prints ``ready``; the secondary's console may skip that line (a
+        checkpoint can carry it past the moment), so there a heartbeat is the sign.
+        """
         limit = timeout or self.timeout * 2
         deadline = time.monotonic() + limit
-        for side in self.pair.sides:
+        for side, sign in zip(self.pair.sides, ("colo-agent: ready", "colo-agent: hb="),
+                              strict=True):
             while True:
                 try:
-                    side.wait_console("colo-agent: ready", min(2.0, limit))
+                    side.wait_console(sign, min(2.0, limit))
                     break
                 except QemuError:
                     # Not there yet: a hung or dead side is diagnosed here, not after `limit`.
@@ -214,12 +219,13 @@ def start_colo(request: pytest.FixtureRequest, colo_settings: Settings, qemu_bui
     failed = report.test_failed(request.node)
     findings = []
     for colo in started:
+        # Scan before stopping: tearing one side down makes the other report I/O errors.
+        for side in colo.pair.sides:
+            findings += scan(side.console_log, "console") + scan(side.stderr_log, "stderr")
         for client in colo.clients:
             client.close()
         colo.pair.stop()
         colo.lab.destroy()
-        for side in colo.pair.sides:
-            findings += scan(side.console_log, "console") + scan(side.stderr_log, "stderr")
         report.attach_run(artifacts)
     for root in scratch:
         if failed and s.keep_on_failure:
