@@ -30,9 +30,9 @@ def probe_kvm(qemu: QemuBuild, kernel: Path, timeout: float = 8.0) -> tuple[bool
         return False, "/dev/kvm is missing or not accessible"
     with tempfile.TemporaryDirectory(prefix="colo-kvm-probe-") as tmp:
         console = Path(tmp) / "console.log"
-        argv = [str(qemu.binary), *qemu.firmware_args(), "-accel", "kvm", "-nodefaults", "-display", "none", "-m", "128",
-                "-kernel", str(kernel), "-append", "console=ttyS0 panic=-1", "-no-reboot",
-                "-serial", f"file:{console}"]
+        argv = [str(qemu.binary), *qemu.firmware_args(), "-accel", "kvm", "-nodefaults",
+                "-display", "none", "-m", "128", "-kernel", str(kernel),
+                "-append", "console=ttyS0 panic=-1", "-no-reboot", "-serial", f"file:{console}"]
         started = time.monotonic()
         proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                 stdin=subprocess.DEVNULL)

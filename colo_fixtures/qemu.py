@@ -182,21 +182,24 @@ class QemuProcess:
             raise QemuError(f"{self.name}: QMP not connected")
         started = time.time()
         record: dict[str, Any] = {"t": started, "execute": command, "arguments": arguments}
+        failure: str | None = None
         try:
-            result = self._qmp.execute(command, arguments, timeout)
+            record["result"] = result = self._qmp.execute(command, arguments, timeout)
         except ExecuteError as exc:
-            record.update(error=str(exc), seconds=round(time.time() - started, 6))
-            self._log(record)
-            raise QemuError(f"{self.name}: {command} failed: {exc}") from None
+            record["error"] = str(exc)
+            failure = f"{self.name}: {command} failed: {exc}"
         except TimeoutError:
-            record.update(error="timeout", seconds=timeout)
-            self._log(record)
-            raise QemuError(f"{self.name}: QMP unresponsive: {command} got no answer within "
-                            f"{timeout:g}s\n{self.diagnosis()}") from None
-        finally:
-            self._collect()
-        record.update(result=result, seconds=round(time.time() - started, 6))
+            record["error"] = "timeout"
+            failure = (f"{self.name}: QMP unresponsive: {command} got no answer within "
+                       f"{timeout:g}s")
+        record["seconds"] = round(time.time() - started, 6)
+        # The command first, then the events that arrived while it ran.
         self._log(record)
+        self._collect()
+        if failure is not None:
+            if record["error"] == "timeout":
+                failure += "\n" + self.diagnosis()
+            raise QemuError(failure)
         return result
 
     def hmp(self, command_line: str, timeout: float = 30) -> str:

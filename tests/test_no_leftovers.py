@@ -32,7 +32,8 @@ def test_suite_run_cleans_up(tmp_path: Path):
     scratch_before = set(scratch_root().glob("colo-*"))
     reports = tmp_path / "reports"
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "suites/test_checkpoint.py::test_colo_running_on_both_sides",
+        [sys.executable, "-m", "pytest",
+         "suites/test_checkpoint.py::test_colo_running_on_both_sides",
          "-p", "no:cacheprovider", "-q", "--report-dir", str(reports)],
         cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]

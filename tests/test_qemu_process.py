@@ -1,0 +1,87 @@
+"""The QEMU process layer against a real QEMU: QMP, transcript, events, waits, stop and kill."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+
+import pytest
+
+from colo_fixtures.accel import choose_accel, probe_kvm
+from colo_fixtures.build import QemuBuild
+from colo_fixtures.qemu import QemuError, QemuProcess
+
+QEMU = Path("/usr/bin/qemu-system-x86_64")
+pytestmark = pytest.mark.skipif(not QEMU.exists(), reason="Debian's qemu-system-x86 missing")
+
+
+@pytest.fixture
+def vm(tmp_path: Path):
+    proc = QemuProcess("probe", [str(QEMU), "-accel", "tcg", "-nodefaults", "-m", "64", "-S"],
+                       tmp_path / "out", tmp_path / "sock")
+    yield proc
+    proc.kill()
+
+
+def test_qmp_transcript_and_events(vm: QemuProcess):
+    vm.start()
+    vm.connect(timeout=30)
+    assert vm.qmp("query-status")["status"] == "prelaunch"
+    vm.qmp("cont")
+    event = vm.wait_event("RESUME", timeout=10)
+    assert event.timestamp > 1_600_000_000
+    with pytest.raises(QemuError, match="no-such-command failed"):
+        vm.qmp("no-such-command")
+    records = [json.loads(line) for line in vm.transcript.read_text().splitlines()]
+    assert [r.get("execute") or r.get("event") for r in records][:3] == [
+        "query-status", "cont", "RESUME"]
+    assert "error" in records[-1]
+    assert (vm.workdir / "probe-argv.txt").read_text().startswith(str(QEMU))
+    assert vm.stop() == 0
+    assert not vm.qmp_path.exists()
+    assert not vm.alive()
+
+
+def test_wait_timeout_is_diagnosed(vm: QemuProcess):
+    vm.start()
+    vm.connect(timeout=30)
+    with pytest.raises(QemuError) as info:
+        vm.wait_event("SHUTDOWN", timeout=0.5)
+    message = str(info.value)
+    assert "no SHUTDOWN event within 0.5s" in message
+    assert "console tail" in message and "stderr tail" in message
+
+
+def test_stopped_qemu_makes_qmp_time_out_with_diagnosis(vm: QemuProcess):
+    vm.start()
+    vm.connect(timeout=30)
+    vm.signal(signal.SIGSTOP)
+    try:
+        with pytest.raises(QemuError, match="QMP unresponsive: query-status got no answer"):
+            vm.qmp("query-status", timeout=1)
+    finally:
+        vm.signal(signal.SIGCONT)
+
+
+def test_dead_qemu_is_reported_not_waited_for(tmp_path: Path):
+    proc = QemuProcess("broken", [str(QEMU), "-no-such-option"], tmp_path / "o", tmp_path / "s")
+    proc.start()
+    with pytest.raises(QemuError, match="broken exited before QMP answered") as info:
+        proc.connect(timeout=30)
+    assert "-no-such-option" in str(info.value)
+    proc.kill()
+
+
+def test_auto_accel_falls_back_to_tcg_with_a_reason(tmp_path: Path):
+    from colo_fixtures.guest import build_guest
+
+    kernel = build_guest().kernel
+    qemu = QemuBuild(QEMU, "debian")
+    ok, reason = probe_kvm(qemu, kernel, timeout=8)
+    accel, why = choose_accel("auto", qemu, kernel, tmp_path)
+    assert accel == ("kvm" if ok else "tcg")
+    assert why == reason and reason
+    again, cached = choose_accel("auto", qemu, kernel, tmp_path)
+    assert again == accel and "cached" in cached
+    assert choose_accel("tcg", qemu, kernel, tmp_path) == ("tcg", "requested with --accel tcg")
