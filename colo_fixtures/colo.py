@@ -1,30 +1,36 @@
-"""A COLO pair: argv for both sides from data, the start sequence over QMP, and its waits.
+"""A COLO pair: argv for both sides from data, start, failover and resume over QMP.
 
-The recipe is upstream's colo-proxy mode (docs/COLO-FT.txt of QEMU 7.2, see
-COLO-FACTS §3): the secondary starts first with ``-incoming``, the primary starts
-paused (``-S``) and blocks until the secondary's proxy chardevs connect; then NBD,
-the replication drive, the x-colo capability and ``migrate`` bring both into COLO.
+The recipe is upstream's colo-proxy mode (docs/COLO-FT.txt of QEMU 7.2, COLO-FACTS §3):
+the secondary starts first with ``-incoming``; the primary starts paused (``-S``) and
+blocks until the secondary's proxy chardevs connect; NBD, the replication drive, the
+x-colo capability and ``migrate`` bring both into COLO. After a failover the survivor
+runs alone; ``resume`` starts a new secondary on the other host, copies the disk to it
+with drive-mirror and starts COLO again, the survivor now being the primary.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
-from colo_fixtures.disks import ReplicationDisks
+from colo_fixtures.disks import SecondaryDisks, make_primary_disk, make_secondary_disks
 from colo_fixtures.hosts import Host
+from colo_fixtures.logscan import scan
 from colo_fixtures.qemu import QemuError, QemuProcess
-from colo_fixtures.topology import Topology
+from colo_fixtures.topology import HostSpec, Ports, Topology
 from colo_fixtures.trace import Checkpoint, checkpoints, colo_message, read_trace
 
 TRACE_PATTERNS = ("colo_*",)
+PROXY_OBJECTS = ("m0", "redire0", "redire1")
+ANNOUNCE = {"initial": 50, "max": 550, "rounds": 5, "step": 100}
 
 
 @dataclass(frozen=True)
 class VmConfig:
-    """Everything both sides' QEMU share: binary, accelerator, guest and its memory."""
+    """Everything both sides' QEMU share: binary, accelerator, guest, its memory and MAC."""
 
     binary: Path
     firmware_args: tuple[str, ...]
@@ -33,68 +39,78 @@ class VmConfig:
     kernel: Path
     initrd: Path
     cmdline: str
+    mac: str
     trace_patterns: tuple[str, ...] = TRACE_PATTERNS
 
 
-def common_argv(vm: VmConfig, name: str, topo: Topology) -> list[str]:
+def common_argv(vm: VmConfig, name: str, host: HostSpec) -> list[str]:
     """Machine, guest and NIC arguments identical on both sides (migration requires it)."""
     argv = [str(vm.binary), *vm.firmware_args, "-name", name, "-nodefaults",
             "-accel", vm.accel, "-machine", "pc", "-cpu", "qemu64", "-smp", "1",
             "-m", str(vm.memory_mib),
             "-kernel", str(vm.kernel), "-initrd", str(vm.initrd), "-append", vm.cmdline,
-            "-netdev", f"tap,id=hn0,ifname={topo.hosts[name].tap},script=no,downscript=no,"
+            "-netdev", f"tap,id=hn0,ifname={host.tap},script=no,downscript=no,"
                        "vhost=off,vnet_hdr=off",
-            "-device", f"virtio-net-pci,id=e0,netdev=hn0,mac={topo.vm_mac},romfile="]
+            "-device", f"virtio-net-pci,id=e0,netdev=hn0,mac={vm.mac},romfile="]
     for pattern in vm.trace_patterns:
         argv += ["-trace", f"enable={pattern}"]
     return argv
 
 
-def primary_argv(vm: VmConfig, topo: Topology, disks: ReplicationDisks) -> list[str]:
-    """The primary: colo-compare and its proxy chardevs, a quorum over its disk, paused (-S)."""
-    rep = topo.hosts["primary"].rep_addr
-    ports = topo.ports
+def proxy_chardevs(rep_addr: str, ports: Ports) -> dict[str, dict[str, Any]]:
+    """The primary's colo-proxy chardevs by id: (host, port, server) of each socket."""
     local = "127.0.0.1"
-    chardevs = [
-        f"socket,id=mirror0,host={rep},port={ports.mirror},server=on,wait=off",
-        f"socket,id=compare1,host={rep},port={ports.compare},server=on,wait=on",
-        f"socket,id=compare0,host={local},port={ports.compare0},server=on,wait=off",
-        f"socket,id=compare0-0,host={local},port={ports.compare0}",
-        f"socket,id=compare_out,host={local},port={ports.compare_out},server=on,wait=off",
-        f"socket,id=compare_out0,host={local},port={ports.compare_out}",
+    return {
+        "mirror0": {"host": rep_addr, "port": ports.mirror, "server": True},
+        "compare1": {"host": rep_addr, "port": ports.compare, "server": True},
+        "compare0": {"host": local, "port": ports.compare0, "server": True},
+        "compare0-0": {"host": local, "port": ports.compare0, "server": False},
+        "compare_out": {"host": local, "port": ports.compare_out, "server": True},
+        "compare_out0": {"host": local, "port": ports.compare_out, "server": False},
+    }
+
+
+def proxy_objects() -> list[tuple[str, dict[str, str]]]:
+    """The primary's colo-proxy objects in creation order: (qom-type, properties with id)."""
+    return [
+        ("filter-mirror", {"id": "m0", "netdev": "hn0", "queue": "tx", "outdev": "mirror0"}),
+        ("filter-redirector", {"id": "redire0", "netdev": "hn0", "queue": "rx",
+                               "indev": "compare_out"}),
+        ("filter-redirector", {"id": "redire1", "netdev": "hn0", "queue": "rx",
+                               "outdev": "compare0"}),
+        ("iothread", {"id": "iothread1"}),
+        ("colo-compare", {"id": "comp0", "primary_in": "compare0-0", "secondary_in": "compare1",
+                          "outdev": "compare_out0", "iothread": "iothread1"}),
     ]
-    objects = [
-        "filter-mirror,id=m0,netdev=hn0,queue=tx,outdev=mirror0",
-        "filter-redirector,id=redire0,netdev=hn0,queue=rx,indev=compare_out",
-        "filter-redirector,id=redire1,netdev=hn0,queue=rx,outdev=compare0",
-        "iothread,id=iothread1",
-        "colo-compare,id=comp0,primary_in=compare0-0,secondary_in=compare1,"
-        "outdev=compare_out0,iothread=iothread1",
-    ]
-    argv = common_argv(vm, "primary", topo)
-    for chardev in chardevs:
-        argv += ["-chardev", chardev]
-    for obj in objects:
-        argv += ["-object", obj]
+
+
+def primary_argv(vm: VmConfig, host: HostSpec, ports: Ports, disk: Path) -> list[str]:
+    """The primary: colo-compare and its proxy chardevs, a quorum over its disk, paused (-S)."""
+    argv = common_argv(vm, "primary", host)
+    for chardev_id, sock in proxy_chardevs(str(host.rep_addr), ports).items():
+        server = ",server=on,wait=on" if chardev_id == "compare1" else (
+            ",server=on,wait=off" if sock["server"] else "")
+        argv += ["-chardev", f"socket,id={chardev_id},host={sock['host']},port={sock['port']}"
+                             f"{server}"]
+    for qom_type, props in proxy_objects():
+        argv += ["-object", ",".join([qom_type, *(f"{k}={v}" for k, v in props.items())])]
     argv += ["-drive", "if=none,id=colo-disk0,driver=quorum,read-pattern=fifo,vote-threshold=1,"
-                       f"children.0.file.filename={disks.primary},children.0.driver=raw",
+                       f"children.0.file.filename={disk},children.0.driver=raw",
              "-device", "virtio-blk-pci,id=vd0,drive=colo-disk0", "-S"]
     return argv
 
 
-def secondary_argv(vm: VmConfig, topo: Topology, disks: ReplicationDisks) -> list[str]:
-    """The secondary: redirectors fed by the primary, a rewriter, replication over its base copy."""
-    primary_rep = topo.hosts["primary"].rep_addr
-    secondary_rep = topo.hosts["secondary"].rep_addr
-    ports = topo.ports
-    argv = common_argv(vm, "secondary", topo)
+def secondary_argv(vm: VmConfig, host: HostSpec, primary: HostSpec, ports: Ports,
+                   disks: SecondaryDisks) -> list[str]:
+    """The secondary: redirectors fed by the primary, a rewriter, replication over its base."""
+    argv = common_argv(vm, "secondary", host)
     argv += [
-        "-chardev", f"socket,id=red0,host={primary_rep},port={ports.mirror},reconnect=1",
-        "-chardev", f"socket,id=red1,host={primary_rep},port={ports.compare},reconnect=1",
+        "-chardev", f"socket,id=red0,host={primary.rep_addr},port={ports.mirror},reconnect=1",
+        "-chardev", f"socket,id=red1,host={primary.rep_addr},port={ports.compare},reconnect=1",
         "-object", "filter-redirector,id=f1,netdev=hn0,queue=tx,indev=red0",
         "-object", "filter-redirector,id=f2,netdev=hn0,queue=rx,outdev=red1",
         "-object", "filter-rewriter,id=rew0,netdev=hn0,queue=all",
-        "-drive", f"if=none,id=parent0,file.filename={disks.secondary_base},driver=raw",
+        "-drive", f"if=none,id=parent0,file.filename={disks.base},driver=raw",
         "-drive", "if=none,id=childs0,driver=replication,mode=secondary,file.driver=qcow2,"
                   f"top-id=colo-disk0,file.file.filename={disks.active},"
                   f"file.backing.driver=qcow2,file.backing.file.filename={disks.hidden},"
@@ -102,17 +118,17 @@ def secondary_argv(vm: VmConfig, topo: Topology, disks: ReplicationDisks) -> lis
         "-drive", "if=none,id=colo-disk0,driver=quorum,read-pattern=fifo,vote-threshold=1,"
                   "children.0=childs0",
         "-device", "virtio-blk-pci,id=vd0,drive=colo-disk0",
-        "-incoming", f"tcp:{secondary_rep}:{ports.migration}",
+        "-incoming", f"tcp:{host.rep_addr}:{ports.migration}",
     ]
     return argv
 
 
-def describe_stall(records_trace: list[Checkpoint], last_message: str | None) -> str:
+def describe_stall(points: list[Checkpoint], last_message: str | None) -> str:
     """Name the known failure when the primary stops answering inside a checkpoint."""
-    if not records_trace:
+    if not points:
         return "the primary stopped answering before its first checkpoint"
-    last = records_trace[-1]
-    number = len(records_trace)
+    last = points[-1]
+    number = len(points)
     if last.resumed is None:
         where = f"after '{last_message}'" if last_message else "inside it"
         hint = ""
@@ -124,76 +140,166 @@ def describe_stall(records_trace: list[Checkpoint], last_message: str | None) ->
     return f"the primary stopped answering after {number} completed checkpoint(s)"
 
 
-class ColoPair:
-    """Primary and secondary QEMU of one COLO pair on two hosts."""
+class Network(Protocol):
+    """What the pair needs of the lab: moving the VM's tap on and off a host's bridge."""
 
-    def __init__(self, vm: VmConfig, topo: Topology, hosts: dict[str, Host],
-                 disks: ReplicationDisks, workdir: Path, sockdir: Path, timeout: float):
-        self.vm = vm
-        self.topo = topo
-        self.hosts = hosts
-        self.disks = disks
-        self.timeout = timeout
-        self.primary = QemuProcess("primary", primary_argv(vm, topo, disks), workdir, sockdir,
-                                   launcher=hosts["primary"].launcher)
-        self.secondary = QemuProcess("secondary", secondary_argv(vm, topo, disks), workdir,
-                                     sockdir, launcher=hosts["secondary"].launcher)
-        self.colo_started_at: float | None = None
+    def attach_tap(self, role: str) -> None: ...
+
+    def detach_tap(self, role: str) -> None: ...
+
+
+@dataclass
+class Replica:
+    """One QEMU of the pair, the host it runs on, and what its configuration carries."""
+
+    process: QemuProcess
+    host: HostSpec
+    proxy_chardevs: bool  # has mirror0, compare1, ... (born a primary, or added on resume)
+    rewriter: bool  # has filter-rewriter rew0 (born a secondary)
 
     @property
-    def sides(self) -> tuple[QemuProcess, QemuProcess]:
-        return self.primary, self.secondary
+    def name(self) -> str:
+        return self.process.name
+
+
+@dataclass(frozen=True)
+class FailoverTimes:
+    """Wall-clock stamps of one failover (seconds since the epoch)."""
+
+    survivor: str
+    commands_started: float
+    commands_done: float
+    colo_exit: float | None
+
+    def since(self, fault: float) -> dict[str, float | None]:
+        """Seconds from ``fault`` to the COLO_EXIT event and to the end of the commands."""
+        return {"colo_exit_s": None if self.colo_exit is None else self.colo_exit - fault,
+                "failover_done_s": self.commands_done - fault}
+
+
+@dataclass
+class ColoPair:
+    """Primary and secondary QEMU of one COLO pair, placed on the lab's two hosts."""
+
+    vm: VmConfig
+    topo: Topology
+    hosts: dict[str, Host]
+    network: Network
+    scratch: Path
+    workdir: Path
+    timeout: float
+    disk_mib: int = 64
+    primary_replica: Replica | None = None
+    secondary_replica: Replica | None = None
+    retired: list[Replica] = field(default_factory=list)
+    launches: int = 0
+
+    # ------------------------------------------------------------------ who is where
+
+    @property
+    def primary(self) -> QemuProcess:
+        if self.primary_replica is None:
+            raise QemuError("no primary is running")
+        return self.primary_replica.process
+
+    @property
+    def secondary(self) -> QemuProcess:
+        if self.secondary_replica is None:
+            raise QemuError("no secondary is running (after a failover: resume first)")
+        return self.secondary_replica.process
+
+    @property
+    def sides(self) -> tuple[QemuProcess, ...]:
+        """The running members: (primary, secondary), or the survivor alone."""
+        return tuple(r.process for r in (self.primary_replica, self.secondary_replica) if r)
+
+    @property
+    def processes(self) -> list[QemuProcess]:
+        """Every QEMU this pair ever started, for teardown and log scanning."""
+        replicas = [*self.retired, self.primary_replica, self.secondary_replica]
+        return [r.process for r in replicas if r is not None]
+
+    def _process(self, role: str, argv: list[str], host: HostSpec) -> QemuProcess:
+        self.launches += 1
+        name = role if self.launches <= 2 else f"{role}{self.launches - 1}"
+        return QemuProcess(name, argv, self.workdir, self.scratch / "sock",
+                           launcher=self.hosts[host.role].launcher)
+
+    def _dir(self, host: HostSpec) -> Path:
+        path = self.scratch / f"{host.role}-{self.launches}"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    # ------------------------------------------------------------------ start
 
     def start(self, checkpoint_delay_ms: int) -> float:
-        """Run the start sequence; return seconds from ``migrate`` to both sides in COLO."""
-        ports = self.topo.ports
-        secondary_rep = self.topo.hosts["secondary"].rep_addr
-        self.secondary.start()
-        self.secondary.connect(self.timeout)
-        self.secondary.qmp("migrate-set-capabilities",
-                           capabilities=[{"capability": "x-colo", "state": True}])
-        self.secondary.qmp("nbd-server-start", addr={
-            "type": "inet", "data": {"host": secondary_rep, "port": str(ports.nbd)}})
-        self.secondary.qmp("nbd-server-add", device="parent0", writable=True)
-        self.primary.start()
-        self.primary.connect(self.timeout)
-        reply = self.primary.hmp(
+        """Start both sides and COLO; return seconds from ``migrate`` to both in COLO."""
+        pri_host, sec_host = self.topo.hosts["primary"], self.topo.hosts["secondary"]
+        disk = make_primary_disk(self.hosts["primary"], self._dir(pri_host), self.disk_mib)
+        secondary = self._launch_secondary(sec_host, pri_host, copy_of=disk)
+        process = self._process("primary", primary_argv(self.vm, pri_host, self.topo.ports,
+                                                        disk), pri_host)
+        self.primary_replica = Replica(process, pri_host, proxy_chardevs=True, rewriter=False)
+        process.start()
+        process.connect(self.timeout)
+        return self._begin_colo(self.primary_replica, secondary, checkpoint_delay_ms)
+
+    def _launch_secondary(self, host: HostSpec, primary: HostSpec,
+                          copy_of: Path | None) -> Replica:
+        """Start a secondary on ``host`` with its NBD export ready for the primary."""
+        disks = make_secondary_disks(self.hosts[host.role], self._dir(host), self.disk_mib,
+                                     copy_of)
+        process = self._process("secondary", secondary_argv(self.vm, host, primary,
+                                                            self.topo.ports, disks), host)
+        replica = Replica(process, host, proxy_chardevs=False, rewriter=True)
+        self.secondary_replica = replica
+        process.start()
+        process.connect(self.timeout)
+        process.qmp("migrate-set-capabilities",
+                    capabilities=[{"capability": "x-colo", "state": True}])
+        process.qmp("nbd-server-start", addr={
+            "type": "inet", "data": {"host": host.rep_addr, "port": str(self.topo.ports.nbd)}})
+        process.qmp("nbd-server-add", device="parent0", writable=True)
+        return replica
+
+    def _begin_colo(self, primary: Replica, secondary: Replica, delay_ms: int) -> float:
+        """Replication drive into the primary's quorum, x-colo, migrate; wait for COLO."""
+        ports, sec_addr = self.topo.ports, secondary.host.rep_addr
+        reply = primary.process.hmp(
             "drive_add -n buddy driver=replication,mode=primary,file.driver=nbd,"
-            f"file.host={secondary_rep},file.port={ports.nbd},file.export=parent0,"
+            f"file.host={sec_addr},file.port={ports.nbd},file.export=parent0,"
             "node-name=replication0")
         if reply.strip() not in ("", "OK"):
-            raise QemuError(f"primary: drive_add of the replication drive failed: {reply.strip()}")
-        self.primary.qmp("x-blockdev-change", parent="colo-disk0", node="replication0")
-        self.primary.qmp("migrate-set-capabilities",
-                         capabilities=[{"capability": "x-colo", "state": True}])
-        self.primary.qmp("migrate-set-parameters", **{"x-checkpoint-delay": checkpoint_delay_ms})
+            raise QemuError(f"{primary.name}: drive_add of the replication drive failed: "
+                            f"{reply.strip()}")
+        primary.process.qmp("x-blockdev-change", parent="colo-disk0", node="replication0")
+        primary.process.qmp("migrate-set-capabilities",
+                            capabilities=[{"capability": "x-colo", "state": True}])
+        primary.process.qmp("migrate-set-parameters", **{"x-checkpoint-delay": delay_ms})
         started = time.monotonic()
-        self.primary.qmp("migrate", uri=f"tcp:{secondary_rep}:{ports.migration}")
+        primary.process.qmp("migrate", uri=f"tcp:{sec_addr}:{ports.migration}")
         self.wait_colo(self.timeout)
-        self.colo_started_at = time.time()
         return time.monotonic() - started
 
-    def colo_modes(self, timeout: float = 5) -> tuple[str, str]:
-        """``query-colo-status`` mode of primary and secondary."""
-        return tuple(side.qmp("query-colo-status", timeout=timeout)["mode"]  # type: ignore[return-value]
+    # ------------------------------------------------------------------ state and waits
+
+    def colo_modes(self, timeout: float = 5) -> tuple[str, ...]:
+        """``query-colo-status`` mode of each running side (primary first)."""
+        return tuple(side.qmp("query-colo-status", timeout=timeout)["mode"]
                      for side in self.sides)
 
     def wait_colo(self, timeout: float) -> None:
         """Wait until the primary reports mode primary and the secondary mode secondary."""
         deadline = time.monotonic() + timeout
-        modes: tuple[str, str] = ("?", "?")
+        modes: tuple[str, ...] = ("?", "?")
         while time.monotonic() < deadline:
-            for side in self.sides:
-                if not side.alive():
-                    raise QemuError(f"{side.name} exited while COLO was starting\n"
-                                    f"{self.diagnosis()}")
+            self.check_health()
             modes = self.colo_modes()
             if modes == ("primary", "secondary"):
                 return
             time.sleep(0.05)
-        migration = self._migration_status()
-        raise QemuError(f"COLO not running after {timeout:g}s: modes {modes}, primary migration "
-                        f"status {migration}\n{self.diagnosis()}")
+        raise QemuError(f"COLO not running after {timeout:g}s: modes {modes}, primary "
+                        f"migration status {self._migration_status()}\n{self.diagnosis()}")
 
     def _migration_status(self) -> str:
         try:
@@ -206,14 +312,21 @@ class ColoPair:
         self.primary.qmp("migrate-set-parameters", **{"x-checkpoint-delay": delay_ms})
 
     def checkpoints(self) -> list[Checkpoint]:
-        """The primary's checkpoints so far, from its trace log."""
+        """The current primary's checkpoints so far, from its trace log."""
         return checkpoints(read_trace(self.primary.trace_log))
 
-    def check_responsive(self, timeout: float = 5) -> None:
-        """Both sides alive and answering QMP within ``timeout``, else a diagnosed QemuError."""
+    def check_health(self, timeout: float = 5) -> None:
+        """Every running side alive, answering QMP, and its console free of fatal signs.
+
+        Raises a diagnosed QemuError otherwise: a guest panic or memory divergence is
+        reported when it happens, not when some later wait runs out.
+        """
         for side in self.sides:
+            findings = scan(side.console_log, "console")
+            if findings:
+                raise QemuError(f"{side.name} guest failed: {findings[0]}\n{self.diagnosis()}")
             if not side.alive():
-                raise QemuError(f"{side.name} died during COLO\n{self.diagnosis()}")
+                raise QemuError(f"{side.name} died\n{self.diagnosis()}")
             try:
                 side.qmp("query-status", timeout=timeout)
             except QemuError:
@@ -224,7 +337,7 @@ class ColoPair:
                                 f"{self.diagnosis()}") from None
 
     def wait_checkpoints(self, count: int, timeout: float) -> list[Checkpoint]:
-        """Wait for ``count`` completed checkpoints in total, checking liveness each second."""
+        """Wait for ``count`` completed checkpoints in total, checking health each half second."""
         deadline = time.monotonic() + timeout
         while True:
             done = [c for c in self.checkpoints() if c.resumed is not None]
@@ -233,14 +346,134 @@ class ColoPair:
             if time.monotonic() > deadline:
                 raise QemuError(f"only {len(done)} of {count} checkpoints within {timeout:g}s\n"
                                 f"{self.diagnosis()}")
-            self.check_responsive()
+            self.check_health()
             time.sleep(0.5)
 
+    # ------------------------------------------------------------------ failover
+
+    def _exit_event(self, process: QemuProcess, since: float) -> float | None:
+        with contextlib.suppress(QemuError):
+            return process.wait_event("COLO_EXIT", timeout=self.timeout, since=since).timestamp
+        return None
+
+    def failover_to_secondary(self, since: float) -> FailoverTimes:
+        """The primary is gone: the secondary takes over and the VM's network moves to it.
+
+        ``since`` (wall clock, the fault) bounds which COLO_EXIT event counts.
+        """
+        survivor = self.secondary_replica
+        if survivor is None:
+            raise QemuError("failover to the secondary: no secondary is running")
+        process = survivor.process
+        started = time.time()
+        process.qmp("nbd-server-stop")
+        process.qmp("x-colo-lost-heartbeat")
+        for obj in ("f2", "f1"):
+            process.qmp("object-del", id=obj)
+        for chardev in ("red1", "red0"):
+            process.qmp("chardev-remove", id=chardev)
+        self.network.attach_tap(survivor.host.role)
+        process.qmp("announce-self", **ANNOUNCE)
+        done = time.time()
+        if self.primary_replica is not None:
+            self.retired.append(self.primary_replica)
+        self.primary_replica, self.secondary_replica = survivor, None
+        return FailoverTimes(process.name, started, done, self._exit_event(process, since))
+
+    def quorum_child(self, node: str = "replication0") -> str:
+        """The name (``children.N``) under which ``node`` hangs in the primary's quorum."""
+        graph = self.primary.qmp("x-debug-query-block-graph")
+        names = {n["id"]: n["name"] for n in graph["nodes"]}
+        for edge in graph["edges"]:
+            if names.get(edge["child"]) == node and names.get(edge["parent"]) == "colo-disk0":
+                return edge["name"]
+        raise QemuError(f"{self.primary.name}: {node} is not a child of quorum colo-disk0")
+
+    def failover_to_primary(self, since: float) -> FailoverTimes:
+        """The secondary is gone: the primary drops replication and the proxy and runs alone."""
+        survivor = self.primary_replica
+        if survivor is None:
+            raise QemuError("failover to the primary: no primary is running")
+        process = survivor.process
+        started = time.time()
+        process.qmp("x-blockdev-change", parent="colo-disk0", child=self.quorum_child())
+        reply = process.hmp("drive_del replication0")
+        if reply.strip():
+            raise QemuError(f"{process.name}: drive_del replication0 failed: {reply.strip()}")
+        for obj in ("comp0", "iothread1", *PROXY_OBJECTS):
+            process.qmp("object-del", id=obj)
+        process.qmp("x-colo-lost-heartbeat")
+        done = time.time()
+        if self.secondary_replica is not None:
+            self.retired.append(self.secondary_replica)
+        self.secondary_replica = None
+        return FailoverTimes(process.name, started, done, self._exit_event(process, since))
+
+    def wait_unresponsive(self, process: QemuProcess, heartbeat: float, misses: int) -> float:
+        """The harness's heartbeat: QMP ``query-status`` every ``heartbeat`` seconds; return the
+        wall time at which ``misses`` consecutive probes went unanswered (the peer is hung)."""
+        missed = 0
+        deadline = time.monotonic() + self.timeout
+        while time.monotonic() < deadline:
+            try:
+                process.qmp("query-status", timeout=heartbeat)
+                missed = 0
+                time.sleep(heartbeat)
+            except QemuError:
+                missed += 1
+                if missed >= misses:
+                    return time.time()
+        raise QemuError(f"{process.name} kept answering QMP for {self.timeout:g}s: not hung")
+
+    # ------------------------------------------------------------------ resume
+
+    def resume(self, checkpoint_delay_ms: int) -> dict[str, float]:
+        """Start a new secondary on the other host, resynchronise its disk, restart COLO.
+
+        Returns seconds spent in the disk mirror and from ``migrate`` to COLO running.
+        """
+        survivor = self.primary_replica
+        if survivor is None or self.secondary_replica is not None:
+            raise QemuError("resume needs exactly one survivor running alone")
+        other = next(spec for role, spec in self.topo.hosts.items()
+                     if role in ("primary", "secondary") and spec.role != survivor.host.role)
+        self.network.detach_tap(other.role)
+        secondary = self._launch_secondary(other, survivor.host, copy_of=None)
+        process = survivor.process
+        mirror_started = time.monotonic()
+        since = time.time()
+        process.qmp("drive-mirror", device="colo-disk0", mode="existing", format="raw",
+                    sync="full", target=f"nbd://{other.rep_addr}:{self.topo.ports.nbd}/parent0",
+                    **{"job-id": "resync"})
+        process.wait_event("BLOCK_JOB_READY", timeout=self.timeout * 5, since=since,
+                           match=lambda e: e.data.get("device") == "resync")
+        process.qmp("stop")
+        process.qmp("block-job-cancel", device="resync")
+        process.wait_event("BLOCK_JOB_COMPLETED", timeout=self.timeout, since=since,
+                           match=lambda e: e.data.get("device") == "resync")
+        mirror_seconds = time.monotonic() - mirror_started
+        if not survivor.proxy_chardevs:
+            for chardev_id, sock in proxy_chardevs(str(survivor.host.rep_addr),
+                                                   self.topo.ports).items():
+                process.qmp("chardev-add", id=chardev_id, backend={"type": "socket", "data": {
+                    "addr": {"type": "inet", "data": {"host": sock["host"],
+                                                      "port": str(sock["port"])}},
+                    "server": sock["server"], **({"wait": False} if sock["server"] else {})}})
+            survivor.proxy_chardevs = True
+        for qom_type, props in proxy_objects():
+            position = ({"insert": "before", "position": "id=rew0"}
+                        if survivor.rewriter and props["id"] in PROXY_OBJECTS else {})
+            process.qmp("object-add", **{"qom-type": qom_type, **props, **position})
+        colo_seconds = self._begin_colo(survivor, secondary, checkpoint_delay_ms)
+        return {"mirror_s": mirror_seconds, "migrate_to_colo_s": colo_seconds}
+
+    # ------------------------------------------------------------------ teardown
+
     def stop(self) -> None:
-        """Stop both sides (primary first, so the secondary does not fail over), then reap."""
-        for side in self.sides:
+        """Stop every QEMU this pair started (primary first, so nothing fails over)."""
+        for process in self.processes:
             with contextlib.suppress(Exception):
-                side.stop(timeout=5)
+                process.stop(timeout=5)
 
     def diagnosis(self) -> str:
-        return "\n".join(side.diagnosis() for side in self.sides)
+        return "\n".join(process.diagnosis() for process in self.processes)

@@ -1,7 +1,7 @@
-"""Replication disks: the primary's disk, the secondary's base copy, active and hidden layers.
+"""Replication disks: the primary's disk, and the secondary's base, active and hidden layers.
 
-All four have the same virtual size (QEMU's replication driver requires it). Each is
-made with qemu-img on the host that owns it, in that host's scratch directory.
+All have the same virtual size (QEMU's replication driver requires it). Each is made
+with qemu-img on the host that owns it, in that host's scratch directory.
 """
 
 from __future__ import annotations
@@ -13,33 +13,37 @@ from colo_fixtures.hosts import Host
 
 
 @dataclass(frozen=True)
-class ReplicationDisks:
-    """Paths of one COLO pair's disks, as seen by the hosts that own them."""
+class SecondaryDisks:
+    """A secondary's disks, as seen by its host."""
 
-    primary: Path
-    secondary_base: Path
+    base: Path
     active: Path
     hidden: Path
     size_mib: int
 
 
-def make_replication_disks(primary: Host, primary_dir: Path, secondary: Host,
-                           secondary_dir: Path, size_mib: int = 64) -> ReplicationDisks:
-    """Create the primary disk (raw), its copy on the secondary, and empty qcow2 layers."""
-    disks = ReplicationDisks(
-        primary=primary_dir / "primary.raw",
-        secondary_base=secondary_dir / "secondary-base.raw",
-        active=secondary_dir / "secondary-active.qcow2",
-        hidden=secondary_dir / "secondary-hidden.qcow2",
-        size_mib=size_mib,
-    )
+def make_primary_disk(host: Host, directory: Path, size_mib: int) -> Path:
+    """An empty raw disk for the primary (the guest agent's log starts empty)."""
+    disk = directory / "primary.raw"
+    host.run(["qemu-img", "create", "-q", "-f", "raw", str(disk), f"{size_mib}M"])
+    return disk
+
+
+def make_secondary_disks(host: Host, directory: Path, size_mib: int,
+                         copy_of: Path | None) -> SecondaryDisks:
+    """Base (a byte-identical copy of ``copy_of``, or empty when a resync will fill it) and
+    empty qcow2 active and hidden layers of the same size."""
+    disks = SecondaryDisks(directory / "secondary-base.raw",
+                           directory / "secondary-active.qcow2",
+                           directory / "secondary-hidden.qcow2", size_mib)
     size = f"{size_mib}M"
-    primary.run(["qemu-img", "create", "-q", "-f", "raw", str(disks.primary), size])
-    # The secondary starts from a byte-identical copy of the primary's disk.
-    secondary.run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "raw", str(disks.primary),
-                   str(disks.secondary_base)])
+    if copy_of is not None:
+        host.run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "raw", str(copy_of),
+                  str(disks.base)])
+    else:
+        host.run(["qemu-img", "create", "-q", "-f", "raw", str(disks.base), size])
     for layer in (disks.active, disks.hidden):
-        secondary.run(["qemu-img", "create", "-q", "-f", "qcow2", str(layer), size])
+        host.run(["qemu-img", "create", "-q", "-f", "qcow2", str(layer), size])
     return disks
 
 

@@ -20,7 +20,7 @@ from colo_fixtures import report
 from colo_fixtures.accel import choose_accel
 from colo_fixtures.build import BuildError, QemuBuild, probe_capabilities, provide_qemu
 from colo_fixtures.colo import ColoPair, VmConfig
-from colo_fixtures.disks import make_replication_disks, scratch_root
+from colo_fixtures.disks import scratch_root
 from colo_fixtures.guest import AGENT_PORT, AgentClient, GuestImage, build_guest, kernel_cmdline
 from colo_fixtures.hosts import LocalNamespaceHost
 from colo_fixtures.logscan import scan
@@ -166,7 +166,7 @@ class ColoLab:
                     break
                 except QemuError:
                     # Not there yet: a hung or dead side is diagnosed here, not after `limit`.
-                    self.pair.check_responsive()
+                    self.pair.check_health()
                     if time.monotonic() > deadline:
                         raise
         self.agent(limit).ping()
@@ -200,15 +200,11 @@ def start_colo(request: pytest.FixtureRequest, colo_settings: Settings, qemu_bui
         scratch.append(root)
         hosts = {role: LocalNamespaceHost(spec.netns, role, spec.netns)
                  for role, spec in topo.hosts.items()}
-        for role in ("primary", "secondary"):
-            (root / role).mkdir()
-        disks = make_replication_disks(hosts["primary"], root / "primary", hosts["secondary"],
-                                       root / "secondary")
         vm = VmConfig(qemu_build.binary, tuple(qemu_build.firmware_args()), accel,
                       s.guest_memory, guest_image.kernel, guest_image.initrd,
-                      kernel_cmdline(f"{topo.vm_addr}/24", AGENT_PORT,
-                                     membuf_mib=membuf_mib))
-        pair = ColoPair(vm, topo, hosts, disks, artifacts, root / "sock", s.wait_timeout)
+                      kernel_cmdline(f"{topo.vm_addr}/24", AGENT_PORT, membuf_mib=membuf_mib),
+                      topo.vm_mac)
+        pair = ColoPair(vm, topo, hosts, lab, root, artifacts, s.wait_timeout)
         colo = ColoLab(topo, lab, pair, artifacts, s.wait_timeout)
         started.append(colo)
         colo.colo_start_seconds = pair.start(checkpoint_delay_ms or s.checkpoint_delay)
@@ -220,8 +216,8 @@ def start_colo(request: pytest.FixtureRequest, colo_settings: Settings, qemu_bui
     findings = []
     for colo in started:
         # Scan before stopping: tearing one side down makes the other report I/O errors.
-        for side in colo.pair.sides:
-            findings += scan(side.console_log, "console") + scan(side.stderr_log, "stderr")
+        for process in colo.pair.processes:
+            findings += scan(process.console_log, "console") + scan(process.stderr_log, "stderr")
         for client in colo.clients:
             client.close()
         colo.pair.stop()
