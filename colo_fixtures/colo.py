@@ -384,8 +384,10 @@ class ColoPair:
         """The name (``children.N``) under which ``node`` hangs in the primary's quorum."""
         graph = self.primary.qmp("x-debug-query-block-graph")
         names = {n["id"]: n["name"] for n in graph["nodes"]}
+        quorum = [e["child"] for e in graph["edges"]
+                  if names.get(e["parent"]) == "colo-disk0" and e["name"] == "root"]
         for edge in graph["edges"]:
-            if names.get(edge["child"]) == node and names.get(edge["parent"]) == "colo-disk0":
+            if edge["parent"] in quorum and names.get(edge["child"]) == node:
                 return edge["name"]
         raise QemuError(f"{self.primary.name}: {node} is not a child of quorum colo-disk0")
 

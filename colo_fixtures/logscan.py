@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 
@@ -40,6 +41,23 @@ BENIGN: tuple[str, ...] = (
 )
 
 
+# What a survivor says about a peer the harness killed or froze on purpose: benign only
+# in lines stamped (``-msg timestamp=on``) at or after the first injected fault.
+AFTER_FAULT: tuple[str, ...] = (
+    r"Can't (receive|send) COLO message",
+    r"filter mirror send failed",
+)
+STAMP = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+)Z ")
+
+
+def line_time(line: str) -> float | None:
+    """The wall-clock time of a QEMU message stamped by ``-msg timestamp=on`` (UTC)."""
+    match = STAMP.match(line)
+    if not match:
+        return None
+    return datetime.fromisoformat(match[1] + "+00:00").timestamp()
+
+
 @dataclass(frozen=True)
 class Finding:
     pattern: str
@@ -51,15 +69,24 @@ class Finding:
         return f"{self.pattern}: {self.path.name}:{self.line_number}: {self.line.strip()[:200]}"
 
 
-def scan(path: Path, kind: str, allow: tuple[str, ...] = ()) -> list[Finding]:
-    """Findings of every ``kind`` pattern in ``path``, except lines matching an ``allow`` regex."""
+def _expected(line: str, fault_at: float | None) -> bool:
+    if fault_at is None or not any(re.search(p, line) for p in AFTER_FAULT):
+        return False
+    stamp = line_time(line)
+    return stamp is not None and stamp >= fault_at
+
+
+def scan(path: Path, kind: str, allow: tuple[str, ...] = (),
+         fault_at: float | None = None) -> list[Finding]:
+    """Findings of every ``kind`` pattern in ``path``, except lines matching an ``allow`` regex
+    and, after ``fault_at`` (wall clock of the first injected fault), its known consequences."""
     try:
         lines = path.read_text(errors="replace").splitlines()
     except FileNotFoundError:
         return []
     findings = []
     for number, line in enumerate(lines, 1):
-        if any(re.search(a, line) for a in (*BENIGN, *allow)):
+        if any(re.search(a, line) for a in (*BENIGN, *allow)) or _expected(line, fault_at):
             continue
         for pattern in PATTERNS:
             if pattern.kind == kind and pattern.regex.search(line):

@@ -160,15 +160,12 @@ class ColoLab:
         deadline = time.monotonic() + limit
         for side, sign in zip(self.pair.sides, ("colo-agent: ready", "colo-agent: hb="),
                               strict=True):
-            while True:
-                try:
-                    side.wait_console(sign, min(2.0, limit))
-                    break
-                except QemuError:
-                    # Not there yet: a hung or dead side is diagnosed here, not after `limit`.
-                    self.pair.check_health()
-                    if time.monotonic() > deadline:
-                        raise
+            while not side.console_has(sign):
+                self.pair.check_health()
+                if time.monotonic() > deadline:
+                    raise QemuError(f"{side.name}: console did not show {sign!r} within "
+                                    f"{limit:g}s\n{self.pair.diagnosis()}")
+                time.sleep(0.5)
         self.agent(limit).ping()
 
     def write_metrics(self, name: str, metrics: dict[str, Any]) -> Path:

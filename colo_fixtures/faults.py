@@ -1,0 +1,54 @@
+"""The nemesis: one small API that injects faults and records each in the client history.
+
+Every fault is written to the history as a ``nemesis`` op (Jepsen style), so the checker
+can measure downtime around it and the report can show when it happened.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from typing import Protocol
+
+from colo_fixtures.qemu import QemuError, QemuProcess
+
+
+class Recorder(Protocol):
+    """Where faults are recorded (``workload.History``)."""
+
+    def nemesis(self, f: str, target: str, detail: str | None = None) -> object: ...
+
+
+class Faults:
+    """Kill, stop and continue QEMU processes; each call returns the fault's wall time."""
+
+    def __init__(self, history: Recorder):
+        self.history = history
+
+    def _signal(self, process: QemuProcess, signum: int, f: str, detail: str | None) -> float:
+        if not process.alive():
+            raise QemuError(f"cannot {f} {process.name}: it is not running")
+        at = time.time()
+        process.signal(signum)
+        self.history.nemesis(f, process.name, detail)
+        return at
+
+    def kill(self, process: QemuProcess, detail: str | None = None) -> float:
+        """SIGKILL: the host dies without a word."""
+        at = self._signal(process, signal.SIGKILL, "kill", detail)
+        process.process.wait(timeout=30)  # type: ignore[union-attr]
+        return at
+
+    def stop(self, process: QemuProcess, detail: str | None = None) -> float:
+        """SIGSTOP: the host hangs; its sockets stay open and nothing answers."""
+        return self._signal(process, signal.SIGSTOP, "stop", detail)
+
+    def cont(self, process: QemuProcess, detail: str | None = None) -> float:
+        """SIGCONT after ``stop``."""
+        return self._signal(process, signal.SIGCONT, "cont", detail)
+
+    def mark(self, f: str, target: str, detail: str | None = None) -> float:
+        """Record a harness action (failover done, resume done) on the same timeline."""
+        at = time.time()
+        self.history.nemesis(f, target, detail)
+        return at

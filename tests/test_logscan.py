@@ -1,0 +1,55 @@
+"""The log analyzer: what fails a test, what is benign, and what only a fault excuses."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from colo_fixtures.logscan import line_time, scan
+
+CONSOLE = """\
+[    1.0] Linux version 6.1.0
+colo-agent: hb=1 uptime_ms=1000 keys=0 seq=0 memrounds=20 memerrors=0
+[   35.446457] general protection fault, probably for non-canonical address 0xdead: 0000 [#1]
+[   35.447379] Kernel panic - not syncing: Attempted to kill the idle task!
+colo-agent: MEMCHECK FAIL round=12 index=4096 expected=0x1 got=0x2
+"""
+STDERR = """\
+2026-11-28T17:59:37.276779Z qemu-system-x86_64: -chardev socket,id=compare1,host=10.22.1.2,\
+port=9004,server=on,wait=on: info: QEMU waiting for connection on: disconnected:tcp:10.22.1.2:9004
+2026-11-28T17:59:37.202232Z qemu-system-x86_64: Unable to connect character device red0: \
+Failed to connect to '10.22.1.2:9003': Connection refused
+2026-11-28T18:18:08.049967Z qemu-system-x86_64: Can't receive COLO message: Input/output error
+2026-11-28T18:18:09.000000Z qemu-system-x86_64: warning: something harmless
+"""
+
+
+def test_console_patterns(tmp_path: Path):
+    console = tmp_path / "c.log"
+    console.write_text(CONSOLE)
+    names = [f.pattern for f in scan(console, "console")]
+    assert names == ["guest general protection fault", "guest kernel panic",
+                     "guest memory divergence"]
+    assert str(scan(console, "console")[0]).startswith("guest general protection fault: c.log:3:")
+
+
+def test_stderr_startup_noise_is_benign_but_colo_errors_are_not(tmp_path: Path):
+    stderr = tmp_path / "e.log"
+    stderr.write_text(STDERR)
+    findings = scan(stderr, "stderr")
+    assert [f.line_number for f in findings] == [3]
+
+
+def test_fault_consequences_are_excused_only_after_the_fault(tmp_path: Path):
+    stderr = tmp_path / "e.log"
+    stderr.write_text(STDERR)
+    fault = line_time("2026-11-28T18:18:08.000000Z x")
+    assert fault is not None
+    assert scan(stderr, "stderr", fault_at=fault) == []
+    assert len(scan(stderr, "stderr", fault_at=fault + 1)) == 1  # the error came before it
+
+
+def test_allow_list_and_missing_file(tmp_path: Path):
+    stderr = tmp_path / "e.log"
+    stderr.write_text(STDERR)
+    assert scan(stderr, "stderr", allow=(r"Can't receive",)) == []
+    assert scan(tmp_path / "absent.log", "console") == []
