@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -156,6 +157,9 @@ class Replica:
     host: HostSpec
     proxy_chardevs: bool  # has mirror0, compare1, ... (born a primary, or added on resume)
     rewriter: bool  # has filter-rewriter rew0 (born a secondary)
+    nbd_server: bool = False  # its NBD server runs (a secondary's, for the replication)
+    primary_disk: Path | None = None  # the raw disk it was started with, if born a primary
+    secondary_disks: SecondaryDisks | None = None  # base/active/hidden, if born a secondary
 
     @property
     def name(self) -> str:
@@ -239,7 +243,8 @@ class ColoPair:
         secondary = self._launch_secondary(sec_host, pri_host, copy_of=disk)
         process = self._process("primary", primary_argv(self.vm, pri_host, self.topo.ports,
                                                         disk), pri_host)
-        self.primary_replica = Replica(process, pri_host, proxy_chardevs=True, rewriter=False)
+        self.primary_replica = Replica(process, pri_host, proxy_chardevs=True, rewriter=False,
+                                       primary_disk=disk)
         process.start()
         process.connect(self.timeout)
         return self._begin_colo(self.primary_replica, secondary, checkpoint_delay_ms)
@@ -251,7 +256,8 @@ class ColoPair:
                                      copy_of)
         process = self._process("secondary", secondary_argv(self.vm, host, primary,
                                                             self.topo.ports, disks), host)
-        replica = Replica(process, host, proxy_chardevs=False, rewriter=True)
+        replica = Replica(process, host, proxy_chardevs=False, rewriter=True, nbd_server=True,
+                          secondary_disks=disks)
         self.secondary_replica = replica
         process.start()
         process.connect(self.timeout)
@@ -367,6 +373,7 @@ class ColoPair:
         process = survivor.process
         started = time.time()
         process.qmp("nbd-server-stop")
+        survivor.nbd_server = False
         process.qmp("x-colo-lost-heartbeat")
         for obj in ("f2", "f1"):
             process.qmp("object-del", id=obj)
@@ -468,6 +475,34 @@ class ColoPair:
             process.qmp("object-add", **{"qom-type": qom_type, **props, **position})
         colo_seconds = self._begin_colo(survivor, secondary, checkpoint_delay_ms)
         return {"mirror_s": mirror_seconds, "migrate_to_colo_s": colo_seconds}
+
+    # ------------------------------------------------------------------ disks
+
+    def replica_of(self, process: QemuProcess) -> Replica:
+        for replica in (self.primary_replica, self.secondary_replica):
+            if replica is not None and replica.process is process:
+                return replica
+        raise QemuError(f"{process.name} is not running in this pair")
+
+    @contextlib.contextmanager
+    def live_export(self, process: QemuProcess) -> Iterator[str]:
+        """A temporary read-only NBD export of ``process``'s quorum node (what its guest sees),
+        on its replication address; yields the nbd:// URI."""
+        replica = self.replica_of(process)
+        addr, port = replica.host.rep_addr, self.topo.ports.nbd
+        started_server = not replica.nbd_server
+        if started_server:
+            process.qmp("nbd-server-start", addr={
+                "type": "inet", "data": {"host": addr, "port": str(port)}})
+        process.qmp("nbd-server-add", device="colo-disk0", name="live", writable=False)
+        try:
+            yield f"nbd://{addr}:{port}/live"
+        finally:
+            with contextlib.suppress(QemuError):
+                process.qmp("nbd-server-remove", name="live")
+            if started_server:
+                with contextlib.suppress(QemuError):
+                    process.qmp("nbd-server-stop")
 
     # ------------------------------------------------------------------ teardown
 

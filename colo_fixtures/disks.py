@@ -6,6 +6,8 @@ with qemu-img on the host that owns it, in that host's scratch directory.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,3 +53,61 @@ def scratch_root() -> Path:
     """Where scratch directories go: /dev/shm (tmpfs, as the seed's /mnt/ramfs) when usable."""
     shm = Path("/dev/shm")
     return shm if shm.is_dir() else Path("/tmp")
+
+
+REGION = 1 << 20  # digest granularity: a mismatch is named to the MiB
+
+
+@dataclass(frozen=True)
+class DiskDigest:
+    """Per-region SHA-256 of a disk's contents, so two disks can be compared by offset."""
+
+    source: str
+    size: int
+    regions: tuple[str, ...]
+
+    def differing_offsets(self, other: DiskDigest) -> list[int]:
+        """Byte offsets of the regions whose contents differ (a size difference counts)."""
+        offsets = [i * REGION for i, (a, b) in enumerate(zip(self.regions, other.regions,
+                                                             strict=False)) if a != b]
+        shorter = min(len(self.regions), len(other.regions))
+        longer = max(len(self.regions), len(other.regions))
+        return offsets + [i * REGION for i in range(shorter, longer)]
+
+
+def raw_copy(host: Host, source: str, dest: Path, fmt: str = "raw") -> Path:
+    """A raw copy of ``source`` (file or nbd:// URI) made on ``host``; force-share (-U) lets
+    it read an image a running QEMU holds."""
+    argv = ["qemu-img", "convert", "-f", fmt, "-O", "raw", source, str(dest)]
+    if not source.startswith("nbd://"):
+        argv.insert(2, "-U")
+    host.run(argv, timeout=300)
+    return dest
+
+
+def digest(path: Path, source: str | None = None) -> DiskDigest:
+    """Per-region digests of a raw image file."""
+    regions = []
+    with path.open("rb") as image:
+        for chunk in iter(lambda: image.read(REGION), b""):
+            regions.append(hashlib.sha256(chunk).hexdigest())
+    return DiskDigest(source or str(path), path.stat().st_size, tuple(regions))
+
+
+def allocated_bytes(host: Host, image: Path) -> int:
+    """Bytes holding data in this qcow2 layer alone (``qemu-img map``, backing not followed)."""
+    result = host.run(["qemu-img", "map", "-U", "--output=json", "-f", "qcow2", str(image)])
+    return sum(extent["length"] for extent in json.loads(result.stdout)
+               if extent.get("data") and extent.get("depth", 0) == 0)
+
+
+def images_identical(host: Host, first: str, second: str) -> tuple[bool, str]:
+    """``qemu-img compare`` (force-share for files) run on ``host``: (identical, its message)."""
+    argv = ["qemu-img", "compare", "-f", "raw", "-F", "raw", first, second]
+    if not (first.startswith("nbd://") and second.startswith("nbd://")):
+        argv.insert(2, "-U")
+    result = host.run(argv, timeout=300, check=False)
+    if result.rc not in (0, 1):
+        raise RuntimeError(f"qemu-img compare {first} {second} failed: "
+                           f"{(result.stderr or result.stdout).strip()}")
+    return result.rc == 0, (result.stdout or result.stderr).strip()
