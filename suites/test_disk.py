@@ -68,7 +68,7 @@ def test_replicas_identical_after_checkpoint(start_colo, tmp_path):
                                                                 "live": live_msg}})
     assert not any(mismatches.values()), f"replicas differ at {mismatches}"
     assert same_base and same_live, f"qemu-img compare: {base_msg} / {live_msg}"
-    assert layers_before["active"] > 0, f"the writes never reached the active layer: {layers_before}"
+    assert layers_before["active"] > 0, f"writes never reached the active layer: {layers_before}"
     assert layers == {"active": 0, "hidden": 0}, f"layers not emptied by checkpoint: {layers}"
     for key, (seq, value) in acked.items():
         assert stored[key].value == value and stored[key].seq == seq, f"{key} not on disk"
