@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import tempfile
 import time
 import uuid
@@ -21,6 +22,7 @@ from colo_fixtures.accel import choose_accel
 from colo_fixtures.build import BuildError, QemuBuild, probe_capabilities, provide_qemu
 from colo_fixtures.colo import ColoPair, VmConfig
 from colo_fixtures.disks import scratch_root
+from colo_fixtures.faults import Faults
 from colo_fixtures.guest import AGENT_PORT, AgentClient, GuestImage, build_guest, kernel_cmdline
 from colo_fixtures.hosts import LocalNamespaceHost
 from colo_fixtures.logscan import scan
@@ -28,6 +30,7 @@ from colo_fixtures.net import LocalLab, connect_in_ns
 from colo_fixtures.qemu import QemuError
 from colo_fixtures.settings import KNOBS, Settings, SettingsError, load_settings
 from colo_fixtures.topology import Topology, local_topology
+from colo_fixtures.workload import History, Workload
 
 MARKERS = {
     "colo": "needs a real COLO pair (QEMU, namespaces, guest)",
@@ -139,16 +142,38 @@ class ColoLab:
     artifacts: Path
     timeout: float
     clients: list[AgentClient] = field(default_factory=list)
+    history: History = field(default_factory=History)
+    workloads: list[Workload] = field(default_factory=list)
     colo_start_seconds: float = 0.0
 
+    @property
+    def faults(self) -> Faults:
+        """The nemesis, recording into this lab's history."""
+        return Faults(self.history)
+
+    def connect(self, timeout: float | None = None) -> socket.socket:
+        """A TCP connection to the guest agent from the client namespace."""
+        return connect_in_ns(self.topology.hosts["client"].netns, self.topology.vm_addr,
+                             AGENT_PORT, timeout or self.timeout)
+
     def agent(self, timeout: float | None = None) -> AgentClient:
-        """A new connection to the guest agent from the client namespace."""
-        client_ns = self.topology.hosts["client"].netns
-        sock = connect_in_ns(client_ns, self.topology.vm_addr, AGENT_PORT,
-                             timeout or self.timeout)
-        client = AgentClient(sock, timeout=timeout or self.timeout)
+        """A new agent client from the client namespace (closed at teardown)."""
+        client = AgentClient(self.connect(timeout), timeout=timeout or self.timeout)
         self.clients.append(client)
         return client
+
+    def workload(self, **options: Any) -> Workload:
+        """Start a client workload recording into this lab's history (stopped at teardown)."""
+        workload = Workload(lambda: self.connect(5.0), self.history, **options)
+        self.workloads.append(workload)
+        workload.start()
+        return workload
+
+    def final_state(self) -> dict[str, tuple[int, str] | None]:
+        """Every key the history wrote, read back from the VM now serving clients."""
+        agent = self.agent()
+        keys = sorted({op.key for op in self.history.ops if op.f == "write" and op.key})
+        return {key: agent.get(key) for key in keys}
 
     def wait_agent_ready(self, timeout: float | None = None) -> None:
         """Wait for the agent on both consoles, then for a PING round trip.
@@ -212,9 +237,16 @@ def start_colo(request: pytest.FixtureRequest, colo_settings: Settings, qemu_bui
     failed = report.test_failed(request.node)
     findings = []
     for colo in started:
+        for workload in colo.workloads:
+            workload.stop()
+        faults = colo.history.faults()
+        fault_at = faults[0].wall if faults else None
         # Scan before stopping: tearing one side down makes the other report I/O errors.
         for process in colo.pair.processes:
-            findings += scan(process.console_log, "console") + scan(process.stderr_log, "stderr")
+            findings += scan(process.console_log, "console", fault_at=fault_at)
+            findings += scan(process.stderr_log, "stderr", fault_at=fault_at)
+        if len(colo.history):
+            colo.history.to_jsonl(artifacts / "history.jsonl")
         for client in colo.clients:
             client.close()
         colo.pair.stop()
