@@ -45,7 +45,8 @@ BENIGN: tuple[str, ...] = (
 # in lines stamped (``-msg timestamp=on``) at or after the first injected fault.
 AFTER_FAULT: tuple[str, ...] = (
     r"Can't (receive|send) COLO message",
-    r"filter mirror send failed",
+    r"filter (mirror|redirector) send failed",
+    r"Disconnect client, due to: .*Connection reset by peer",
 )
 STAMP = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+)Z ")
 

@@ -25,6 +25,7 @@ from colo_fixtures.disks import scratch_root
 from colo_fixtures.faults import Faults
 from colo_fixtures.guest import AGENT_PORT, AgentClient, GuestImage, build_guest, kernel_cmdline
 from colo_fixtures.hosts import LocalNamespaceHost
+from colo_fixtures.known_issues import mark_known_issues
 from colo_fixtures.logscan import scan
 from colo_fixtures.net import LocalLab, connect_in_ns
 from colo_fixtures.qemu import QemuError
@@ -267,6 +268,10 @@ def colo(start_colo: Callable[..., ColoLab], colo_settings: Settings) -> ColoLab
     lab = start_colo(colo_settings.checkpoint_delay)
     lab.wait_agent_ready()
     return lab
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    mark_known_issues(items)
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

@@ -139,6 +139,8 @@ KNOBS: tuple[Knob, ...] = (
          "build cache for QEMU and the guest (default ~/.cache/colo-harness)", "DIR"),
     Knob("keep_on_failure", _bool, "false",
          "keep scratch disks and sockets of failed tests for inspection", flag=True),
+    Knob("colo_cycles", _int_range(1, 1000), "3",
+         "failover → resume cycles of the repeated-cycles test (16 in nightly runs)", "N"),
     Knob("wait_timeout", _float_range(1, 3600), "60",
          "seconds any single wait (boot, QMP, COLO state) may take before it is diagnosed",
          "SECONDS"),
@@ -160,6 +162,7 @@ class Settings:
     report_dir: Path = PROJECT_ROOT / "reports"
     cache_dir: Path = field(default_factory=default_cache_dir)
     keep_on_failure: bool = False
+    colo_cycles: int = 3
     wait_timeout: float = 60.0
 
     def describe(self) -> dict[str, str]:

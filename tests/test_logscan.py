@@ -53,3 +53,4 @@ def test_allow_list_and_missing_file(tmp_path: Path):
     stderr.write_text(STDERR)
     assert scan(stderr, "stderr", allow=(r"Can't receive",)) == []
     assert scan(tmp_path / "absent.log", "console") == []
+
