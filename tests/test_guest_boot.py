@@ -27,6 +27,7 @@ from colo_fixtures.guest import (
     kernel_cmdline,
     parse_disk_records,
 )
+from colo_fixtures.qemu import tail
 
 QEMU = "qemu-system-x86_64"
 BOOT_TIMEOUT = 90.0  # TCG on a busy 2-core host; a quiet host boots in a few seconds
@@ -41,14 +42,6 @@ pytestmark = pytest.mark.skipif(not shutil.which(QEMU) or not shutil.which("qemu
 @pytest.fixture(scope="module")
 def image() -> GuestImage:
     return build_guest(default_cache_dir())
-
-
-def tail(path: Path, lines: int = 25) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except FileNotFoundError:
-        return f"({path.name} missing)"
-    return "\n".join(text.splitlines()[-lines:]) or f"({path.name} empty)"
 
 
 def free_port() -> int:
