@@ -23,11 +23,11 @@ class KnownIssue:
 KNOWN_ISSUES: tuple[KnownIssue, ...] = (
     KnownIssue(
         "suites/test_failover.py::test_repeated_cycles",
-        "QEMU 7.2 COLO, third failover (killing a resumed ex-secondary that runs as primary): "
-        "the client's long-lived TCP connection stalls until its 5 s timeout, and writes "
-        "acknowledged on a new connection after the next resume are missing from the "
-        "survivor's answers (lost acknowledged write); cycles 1 and 2 pass. Seen 2 of 2 runs "
-        "on 2026-11-28; cause not yet identified",
+        "QEMU 7.2 COLO, third failover (the primary killed is a resumed former secondary; "
+        "the survivor is a secondary started at the second resume): the client's "
+        "long-lived TCP connection stalls until its 5 s timeout, while new connections to "
+        "the survivor work at once and no acknowledged write is lost; cycles 1 and 2 keep "
+        "the connection. Seen 3 of 3 runs on 2026-11-28; cause not yet identified",
     ),
 )
 

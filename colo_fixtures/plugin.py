@@ -170,11 +170,13 @@ class ColoLab:
         workload.start()
         return workload
 
-    def final_state(self) -> dict[str, tuple[int, str] | None]:
-        """Every key the history wrote, read back from the VM now serving clients."""
+    def final_state(self) -> tuple[dict[str, tuple[int, str] | None], float]:
+        """Every key the history wrote, read back from the VM now serving clients, and the
+        monotonic time the reads began (``check(..., final_at=)``)."""
         agent = self.agent()
+        started = time.monotonic()
         keys = sorted({op.key for op in self.history.ops if op.f == "write" and op.key})
-        return {key: agent.get(key) for key in keys}
+        return {key: agent.get(key) for key in keys}, started
 
     def wait_agent_ready(self, timeout: float | None = None) -> None:
         """Wait for the agent on both consoles, then for a PING round trip.

@@ -302,8 +302,14 @@ def _last_acked_before(state: _KeyState, moment: float) -> int:
 
 
 def check(history: History, final: Mapping[str, tuple[int, str] | None], *,
+          final_at: float | None = None,
           require_connection_survives: bool = False) -> CheckResult:
-    """Judge ``history`` against ``final`` (key → (seq, value) or None, from the survivor)."""
+    """Judge ``history`` against ``final`` (key → (seq, value) or None, from the survivor).
+
+    ``final_at`` is the monotonic time the final reads began. With a client still running,
+    a write acknowledged after that moment was concurrent with the final read and need not
+    be in ``final``; without it, every acknowledged write in the history must be.
+    """
     ops = history.ops
     origin = (history.faults()[0].time if history.faults()
               else (ops[0].time if ops else 0.0))
@@ -351,7 +357,7 @@ def check(history: History, final: Mapping[str, tuple[int, str] | None], *,
         state = states.get(key, _KeyState())
         got = final.get(key)
         value = got[1] if got else None
-        acked = _last_acked_before(state, float("inf"))
+        acked = _last_acked_before(state, float("inf") if final_at is None else final_at)
         position = _write_position(state, value) if value is not None else -1
         if value is not None and position is None:
             errors.append(f"phantom value: the survivor has {key}={value}, never written")

@@ -145,3 +145,19 @@ def test_pairs_match_invokes_with_completions(history: History):
     history.invoke("client-1", "read", "k0", None, 1)
     pairs = history.pairs()
     assert [(i.f, d.type if d else None) for i, d in pairs] == [("write", "ok"), ("read", None)]
+
+
+def test_write_acknowledged_after_the_final_read_began_is_concurrent(history: History):
+    write(history, "k0", "w1", seq=1)  # ok at 100.2
+    final_at = history.ops[-1].time + 0.05
+    write(history, "k0", "w2", seq=2)  # invoked 100.3, ok at 100.4: after the read began
+    assert check(history, {"k0": (1, "w1")}, final_at=final_at).valid
+    assert not check(history, {"k0": (1, "w1")}).valid  # without the moment it counts as lost
+
+
+def test_write_acknowledged_before_the_final_read_must_be_there(history: History):
+    write(history, "k0", "w1", seq=1)
+    write(history, "k0", "w2", seq=2)
+    final_at = history.ops[-1].time + 0.05
+    result = check(history, {"k0": (1, "w1")}, final_at=final_at)
+    assert result.lost_writes and "k0=w2" in result.lost_writes[0]
