@@ -47,10 +47,15 @@ def test_periodic_checkpoints_follow_delay(start_colo, delay_ms):
     done = colo.pair.wait_checkpoints(wanted, timeout=delay_ms / 1000 * 6 * 2 + 30)
     gaps_ms = [gap * 1000 for gap in intervals(done[first - 1:wanted])]
     median = statistics.median(gaps_ms)
-    errors = [gap - delay_ms for gap in gaps_ms]
+    # A timer never fires early: an interval clearly shorter than the delay ends in a
+    # checkpoint colo-compare asked for (the guests' IPv6 chatter differs), which also
+    # re-arms the timer. The timer's own checkpoints are the rest.
+    periodic = [gap for gap in gaps_ms if gap > delay_ms - 5]
     colo.write_metrics(f"checkpoint-interval-{delay_ms}ms", {
         "delay_ms": delay_ms, "intervals_ms": gaps_ms, "median_ms": median,
-        "max_abs_error_ms": max(abs(e) for e in errors)})
+        "median_error_ms": median - delay_ms,
+        "periodic_max_abs_error_ms": max(abs(gap - delay_ms) for gap in periodic),
+        "compare_triggered": len(gaps_ms) - len(periodic)})
     tolerance = max(50.0, 0.05 * delay_ms)
     assert abs(median - delay_ms) <= tolerance, (
         f"median checkpoint interval {median:.0f} ms, expected {delay_ms} ms ± {tolerance:.0f}")
