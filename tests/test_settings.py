@@ -44,7 +44,8 @@ def test_flag_from_env_and_cli():
     ({"checkpoint_delay": "0"}, {}, "--checkpoint-delay: 0 is outside 10..3600000"),
     ({"qemu_binary": "/nonexistent/qemu"}, {}, "--qemu-binary: no such file: /nonexistent/qemu"),
     ({"qemu_src": "/nonexistent"}, {}, "--qemu-src: no such directory: /nonexistent"),
-    ({"colo_profile": "cloud"}, {}, "--colo-profile: 'cloud' is not one of local"),
+    ({"colo_profile": "inventory"}, {}, "--colo-profile: 'inventory' is not one of local ("),
+    ({"inventory": "/tmp/lab.toml"}, {}, "lab hosts over SSH are not supported yet"),
     ({}, {"COLO_KEEP_ON_FAILURE": "maybe"}, "'maybe' is not a boolean"),
 ])
 def test_bad_values_are_one_line_errors(cli, env, expected):
