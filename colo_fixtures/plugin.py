@@ -26,7 +26,7 @@ from colo_fixtures.faults import Faults
 from colo_fixtures.guest import AGENT_PORT, AgentClient, GuestImage, build_guest, kernel_cmdline
 from colo_fixtures.hosts import LocalNamespaceHost
 from colo_fixtures.known_issues import mark_known_issues
-from colo_fixtures.logscan import scan
+from colo_fixtures.logscan import Finding, scan
 from colo_fixtures.net import LocalLab, connect_in_ns
 from colo_fixtures.qemu import QemuError
 from colo_fixtures.settings import KNOBS, Settings, SettingsError, load_settings
@@ -221,7 +221,11 @@ def start_colo(request: pytest.FixtureRequest, colo_settings: Settings, qemu_bui
         topo = local_topology(worker_id_safe, RUN_ID)
         lab = LocalLab(topo, ledger=artifacts / "ledger.jsonl")
         lab.create()
-        root = Path(tempfile.mkdtemp(prefix=f"colo-{topo.run_tag}-", dir=scratch_root()))
+        try:
+            root = Path(tempfile.mkdtemp(prefix=f"colo-{topo.run_tag}-", dir=scratch_root()))
+        except BaseException:
+            lab.destroy()
+            raise
         scratch.append(root)
         hosts = {role: LocalNamespaceHost(spec.netns, role, spec.netns)
                  for role, spec in topo.hosts.items()}
@@ -231,7 +235,7 @@ def start_colo(request: pytest.FixtureRequest, colo_settings: Settings, qemu_bui
                       topo.vm_mac)
         pair = ColoPair(vm, topo, hosts, lab, root, artifacts, s.wait_timeout)
         colo = ColoLab(topo, lab, pair, artifacts, s.wait_timeout)
-        started.append(colo)
+        started.append(colo)  # from here on teardown owns the lab, the QEMUs and the scratch
         colo.colo_start_seconds = pair.start(checkpoint_delay_ms or s.checkpoint_delay)
         return colo
 
@@ -240,21 +244,12 @@ def start_colo(request: pytest.FixtureRequest, colo_settings: Settings, qemu_bui
     failed = report.test_failed(request.node)
     findings = []
     for colo in started:
-        for workload in colo.workloads:
-            workload.stop()
-        faults = colo.history.faults()
-        fault_at = faults[0].wall if faults else None
-        # Scan before stopping: tearing one side down makes the other report I/O errors.
-        for process in colo.pair.processes:
-            findings += scan(process.console_log, "console", fault_at=fault_at)
-            findings += scan(process.stderr_log, "stderr", fault_at=fault_at)
-        if len(colo.history):
-            colo.history.to_jsonl(artifacts / "history.jsonl")
-        for client in colo.clients:
-            client.close()
-        colo.pair.stop()
-        colo.lab.destroy()
-        report.attach_run(artifacts)
+        try:
+            findings += _collect_evidence(colo, artifacts)
+        finally:
+            colo.pair.stop()
+            colo.lab.destroy()
+            report.attach_run(artifacts)
     for root in scratch:
         if failed and s.keep_on_failure:
             print(f"\ncolo: kept scratch {root} (--keep-on-failure)")
@@ -262,6 +257,24 @@ def start_colo(request: pytest.FixtureRequest, colo_settings: Settings, qemu_bui
             shutil.rmtree(root, ignore_errors=True)
     if findings and not failed:
         pytest.fail("log analyzer: " + "; ".join(map(str, findings[:5])), pytrace=False)
+
+
+def _collect_evidence(colo: ColoLab, artifacts: Path) -> list[Finding]:
+    """Stop the clients, save the history, and scan every log (before the QEMUs stop:
+    tearing one side down makes the other report I/O errors)."""
+    for workload in colo.workloads:
+        workload.stop()
+    for client in colo.clients:
+        client.close()
+    if len(colo.history):
+        colo.history.to_jsonl(artifacts / "history.jsonl")
+    faults = colo.history.faults()
+    fault_at = faults[0].wall if faults else None
+    findings = []
+    for process in colo.pair.processes:
+        findings += scan(process.console_log, "console", fault_at=fault_at)
+        findings += scan(process.stderr_log, "stderr", fault_at=fault_at)
+    return findings
 
 
 @pytest.fixture
