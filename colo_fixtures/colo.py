@@ -41,7 +41,8 @@ class VmConfig:
     initrd: Path
     cmdline: str
     mac: str
-    trace_patterns: tuple[str, ...] = TRACE_PATTERNS
+    trace_patterns: tuple[str, ...] = TRACE_PATTERNS  # enabled on the command line
+    runtime_trace: tuple[str, ...] = ()  # enabled through QMP once QEMU answers
 
 
 def common_argv(vm: VmConfig, name: str, host: HostSpec) -> list[str]:
@@ -247,6 +248,7 @@ class ColoPair:
                                        primary_disk=disk)
         process.start()
         process.connect(self.timeout)
+        self._enable_runtime_trace(process)
         return self._begin_colo(self.primary_replica, secondary, checkpoint_delay_ms)
 
     def _launch_secondary(self, host: HostSpec, primary: HostSpec,
@@ -261,12 +263,17 @@ class ColoPair:
         self.secondary_replica = replica
         process.start()
         process.connect(self.timeout)
+        self._enable_runtime_trace(process)
         process.qmp("migrate-set-capabilities",
                     capabilities=[{"capability": "x-colo", "state": True}])
         process.qmp("nbd-server-start", addr={
             "type": "inet", "data": {"host": host.rep_addr, "port": str(self.topo.ports.nbd)}})
         process.qmp("nbd-server-add", device="parent0", writable=True)
         return replica
+
+    def _enable_runtime_trace(self, process: QemuProcess) -> None:
+        for pattern in self.vm.runtime_trace:
+            process.qmp("trace-event-set-state", name=pattern, enable=True)
 
     def _begin_colo(self, primary: Replica, secondary: Replica, delay_ms: int) -> float:
         """Replication drive into the primary's quorum, x-colo, migrate; wait for COLO."""

@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +89,11 @@ def qemu_build(colo_settings: Settings) -> QemuBuild:
         if exc.log:
             report.attach_file(exc.log, "QEMU build log")
         pytest.fail(f"QEMU unavailable: {exc}", pytrace=False)
+    unmatched = [p for p in s.colo_trace
+                 if not any(fnmatch(event, p) for event in caps.trace_events)]
+    if unmatched:
+        pytest.fail(f"--colo-trace {', '.join(unmatched)}: no trace event of {build.binary} "
+                    "matches (see its -trace help)", pytrace=False)
     missing = caps.missing()
     if missing:
         pytest.skip(f"{build.binary} (QEMU {caps.version}) lacks COLO support: "
@@ -232,7 +238,7 @@ def start_colo(request: pytest.FixtureRequest, colo_settings: Settings, qemu_bui
         vm = VmConfig(qemu_build.binary, tuple(qemu_build.firmware_args()), accel,
                       s.guest_memory, guest_image.kernel, guest_image.initrd,
                       kernel_cmdline(f"{topo.vm_addr}/24", AGENT_PORT, membuf_mib=membuf_mib),
-                      topo.vm_mac)
+                      topo.vm_mac, runtime_trace=s.colo_trace)
         pair = ColoPair(vm, topo, hosts, lab, root, artifacts, s.wait_timeout)
         colo = ColoLab(topo, lab, pair, artifacts, s.wait_timeout)
         started.append(colo)  # from here on teardown owns the lab, the QEMUs and the scratch

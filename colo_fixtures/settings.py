@@ -10,6 +10,7 @@ into the frozen ``Settings`` before anything starts.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,6 +83,15 @@ def _float_range(low: float, high: float) -> Callable[[str], float]:
     return parse
 
 
+def _patterns(value: str) -> tuple[str, ...]:
+    patterns = tuple(p.strip() for p in value.split(",") if p.strip())
+    bad = [p for p in patterns if not re.fullmatch(r"[A-Za-z0-9_*?]+", p)]
+    if bad:
+        raise ValueError(f"{', '.join(map(repr, bad))} is not a trace event pattern "
+                         "(letters, digits, _, * and ?; several separated by commas)")
+    return patterns
+
+
 def _bool(value: str) -> bool:
     lowered = value.strip().lower()
     if lowered in ("1", "true", "yes", "on"):
@@ -139,6 +149,9 @@ KNOBS: tuple[Knob, ...] = (
          "build cache for QEMU and the guest (default ~/.cache/colo-harness)", "DIR"),
     Knob("keep_on_failure", _bool, "false",
          "keep scratch disks and sockets of failed tests for inspection", flag=True),
+    Knob("colo_trace", _patterns, None,
+         "extra trace events enabled at run time through QMP on every QEMU, as the seed's "
+         "debug step (e.g. 'qemu_rdma*,colo_compare*'); their log is attached", "PATTERNS"),
     Knob("colo_cycles", _int_range(1, 1000), "3",
          "failover → resume cycles of the repeated-cycles test (16 in nightly runs)", "N"),
     Knob("wait_timeout", _float_range(1, 3600), "60",
@@ -162,6 +175,7 @@ class Settings:
     report_dir: Path = PROJECT_ROOT / "reports"
     cache_dir: Path = field(default_factory=default_cache_dir)
     keep_on_failure: bool = False
+    colo_trace: tuple[str, ...] = ()
     colo_cycles: int = 3
     wait_timeout: float = 60.0
 

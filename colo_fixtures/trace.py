@@ -105,3 +105,87 @@ def percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     rank = min(len(ordered), max(1, math.ceil(fraction * len(ordered))))
     return ordered[rank - 1]
+
+
+# ---------------------------------------------------------------------------- protocol
+
+PRIMARY_START = ("recv:checkpoint-ready", "state:stop>run")
+PRIMARY_CHECKPOINT = ("send:checkpoint-request", "recv:checkpoint-reply", "state:run>stop",
+                      "send:vmstate-send", "send:vmstate-size", "recv:vmstate-received",
+                      "recv:vmstate-loaded", "state:stop>run")
+SECONDARY_START = ("state:stop>run", "send:checkpoint-ready")
+SECONDARY_CHECKPOINT = ("recv:checkpoint-request", "state:run>stop", "send:checkpoint-reply",
+                        "recv:vmstate-send", "recv:vmstate-size", "send:vmstate-received",
+                        "flush:begin", "flush:end", "state:stop>run", "send:vmstate-loaded")
+FAILOVER = ("failover:require", "failover:active", "failover:completed")
+PROTOCOLS = {"primary": (PRIMARY_START, PRIMARY_CHECKPOINT),
+             "secondary": (SECONDARY_START, SECONDARY_CHECKPOINT)}
+
+
+class ProtocolViolation(AssertionError):
+    """A COLO trace broke the protocol; the message names the first out-of-order event."""
+
+
+def protocol_token(record: TraceRecord) -> str | None:
+    """The protocol step a trace record stands for, or None for other events."""
+    if record.name in ("colo_send_message", "colo_receive_message"):
+        direction = "send" if record.name == "colo_send_message" else "recv"
+        return f"{direction}:{colo_message(record)}"
+    if record.name == "colo_vm_state_change":
+        change = STATE_CHANGE.search(record.message)
+        return f"state:{change['old']}>{change['new']}" if change else None
+    if record.name in ("colo_flush_ram_cache_begin", "colo_flush_ram_cache_end"):
+        return "flush:" + record.name.rsplit("_", 1)[1]
+    if record.name == "colo_failover_set_state":
+        return "failover:" + record.message.replace("new state", "").strip()
+    return None
+
+
+@dataclass(frozen=True)
+class ProtocolReport:
+    """What a side's trace showed: complete checkpoints, an unfinished tail, the failover."""
+
+    side: str
+    checkpoints: int
+    unfinished: bool
+    failover: tuple[str, ...]
+
+
+def check_protocol(records: list[TraceRecord], side: str) -> ProtocolReport:
+    """Walk one side's COLO trace: the start handshake, then every checkpoint's message
+    sequence with its VM state changes, then (optionally) the failover state machine
+    require → active → completed. Raise ProtocolViolation at the first step out of order;
+    the trace may end inside a checkpoint (the run stopped or the peer died there)."""
+    start, cycle = PROTOCOLS[side]
+    steps = [(r, t) for r in records if (t := protocol_token(r)) is not None]
+    position, done, failover = 0, 0, []
+    expected = start[0]
+    for record, token in steps:
+        if token.startswith("failover:"):
+            wanted = FAILOVER[len(failover)] if len(failover) < len(FAILOVER) else None
+            if token != wanted:
+                raise _violation(side, record, token, wanted or "nothing after 'completed'")
+            failover.append(token)
+            continue
+        if failover and failover[-1] == "failover:completed":
+            if token.startswith(("send:", "recv:")):
+                raise _violation(side, record, token, "no COLO message after failover")
+            continue
+        if failover:  # the VM restarting during failover is not a protocol step
+            continue
+        if position < len(start):
+            expected = start[position]
+        else:
+            expected = cycle[(position - len(start)) % len(cycle)]
+        if token != expected:
+            raise _violation(side, record, token, expected)
+        position += 1
+        if position > len(start) and (position - len(start)) % len(cycle) == 0:
+            done += 1
+    unfinished = position > len(start) and (position - len(start)) % len(cycle) != 0
+    return ProtocolReport(side, done, unfinished, tuple(f.split(":", 1)[1] for f in failover))
+
+
+def _violation(side: str, record: TraceRecord, token: str, expected: str) -> ProtocolViolation:
+    return ProtocolViolation(f"{side}: {token} at {record.timestamp:.6f} ({record.name} "
+                             f"{record.message!r}) where {expected} was due")

@@ -32,6 +32,12 @@ def test_precedence_cli_over_env_over_ini():
     assert load_settings({"checkpoint_delay": "1000"}, ini, env).checkpoint_delay == 1000
 
 
+def test_trace_patterns_are_a_tuple():
+    assert load_settings({"colo_trace": "qemu_rdma*, colo_compare*"}, NO_INI, {}).colo_trace == (
+        "qemu_rdma*", "colo_compare*")
+    assert load_settings(NO_CLI, NO_INI, {}).colo_trace == ()
+
+
 def test_flag_from_env_and_cli():
     assert load_settings(NO_CLI, NO_INI, {"COLO_KEEP_ON_FAILURE": "yes"}).keep_on_failure
     assert load_settings({"keep_on_failure": True}, NO_INI, {}).keep_on_failure
@@ -47,6 +53,7 @@ def test_flag_from_env_and_cli():
     ({"colo_profile": "inventory"}, {}, "--colo-profile: 'inventory' is not one of local ("),
     ({"inventory": "/tmp/lab.toml"}, {}, "lab hosts over SSH are not supported yet"),
     ({}, {"COLO_KEEP_ON_FAILURE": "maybe"}, "'maybe' is not a boolean"),
+    ({"colo_trace": "colo*,rm -rf"}, {}, "--colo-trace: 'rm -rf' is not a trace event pattern"),
 ])
 def test_bad_values_are_one_line_errors(cli, env, expected):
     with pytest.raises(SettingsError) as info:

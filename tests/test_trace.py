@@ -6,6 +6,8 @@ import pytest
 
 from colo_fixtures.colo import describe_stall
 from colo_fixtures.trace import (
+    ProtocolViolation,
+    check_protocol,
     checkpoints,
     colo_message,
     intervals,
@@ -27,14 +29,19 @@ qemu-system-x86_64: some unrelated message
 4242@1700000001.055000:colo_receive_message Receive 'vmstate-loaded' message
 4242@1700000001.061000:colo_vm_state_change Change 'stop' => 'run'
 4242@1700000002.000000:colo_send_message Send 'checkpoint-request' message
+4242@1700000002.000400:colo_receive_message Receive 'checkpoint-reply' message
 4242@1700000002.000500:colo_vm_state_change Change 'run' => 'stop'
+4242@1700000002.001000:colo_send_message Send 'vmstate-send' message
+4242@1700000002.050000:colo_send_message Send 'vmstate-size' message
+4242@1700000002.090000:colo_receive_message Receive 'vmstate-received' message
+4242@1700000002.100000:colo_receive_message Receive 'vmstate-loaded' message
 4242@1700000002.100500:colo_vm_state_change Change 'stop' => 'run'
 """
 
 
 def test_parse_trace_lines():
     records = parse_trace(PRIMARY)
-    assert len(records) == 13  # the non-trace line is skipped
+    assert len(records) == 18  # the non-trace line is skipped
     first = records[0]
     assert first.tid == 4242
     assert first.timestamp == pytest.approx(1700000000.0001)
@@ -76,3 +83,55 @@ def test_percentile_nearest_rank():
     assert percentile([3.0], 0.95) == 3.0
     with pytest.raises(ValueError):
         percentile([], 0.5)
+
+
+SECONDARY = """\
+77@1700000000.000100:colo_vm_state_change Change 'stop' => 'run'
+77@1700000000.000200:colo_send_message Send 'checkpoint-ready' message
+77@1700000001.000100:colo_receive_message Receive 'checkpoint-request' message
+77@1700000001.000200:colo_vm_state_change Change 'run' => 'stop'
+77@1700000001.000300:colo_send_message Send 'checkpoint-reply' message
+77@1700000001.001000:colo_receive_message Receive 'vmstate-send' message
+77@1700000001.040000:colo_receive_message Receive 'vmstate-size' message
+77@1700000001.041000:colo_send_message Send 'vmstate-received' message
+77@1700000001.041100:colo_flush_ram_cache_begin dirty_pages 2278
+77@1700000001.045000:colo_flush_ram_cache_end
+77@1700000001.046000:colo_vm_state_change Change 'stop' => 'run'
+77@1700000001.046100:colo_send_message Send 'vmstate-loaded' message
+77@1700000002.000100:colo_receive_message Receive 'checkpoint-request' message
+77@1700000002.100000:colo_failover_set_state new state require
+77@1700000002.100100:colo_failover_set_state new state active
+77@1700000002.100200:colo_vm_state_change Change 'stop' => 'run'
+77@1700000002.100300:colo_failover_set_state new state completed
+"""
+
+
+def test_primary_protocol_walks_every_checkpoint():
+    report = check_protocol(parse_trace(PRIMARY), "primary")
+    assert (report.checkpoints, report.unfinished, report.failover) == (2, False, ())
+
+
+def test_secondary_protocol_with_unfinished_checkpoint_and_failover():
+    report = check_protocol(parse_trace(SECONDARY), "secondary")
+    assert report.checkpoints == 1 and report.unfinished
+    assert report.failover == ("require", "active", "completed")
+
+
+def test_first_out_of_order_event_is_named():
+    lines = PRIMARY.splitlines()
+    swapped = [*lines[:5], lines[7], lines[6], lines[5], *lines[8:]]  # size before send
+    with pytest.raises(ProtocolViolation) as info:
+        check_protocol(parse_trace("\n".join(swapped)), "primary")
+    message = str(info.value)
+    assert message.startswith("primary: send:vmstate-size at 1700000001.040000")
+    assert "where send:vmstate-send was due" in message
+
+
+def test_message_after_failover_and_failover_out_of_order_are_violations():
+    late = SECONDARY + "77@1700000003.0:colo_send_message Send 'checkpoint-reply' message\n"
+    late = late.replace("1700000003.0:", "1700000003.000000:")
+    with pytest.raises(ProtocolViolation, match="no COLO message after failover"):
+        check_protocol(parse_trace(late), "secondary")
+    skipped = SECONDARY.replace("new state active", "new state completed", 1)
+    with pytest.raises(ProtocolViolation, match="where failover:active was due"):
+        check_protocol(parse_trace(skipped), "secondary")
