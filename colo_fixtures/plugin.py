@@ -10,6 +10,7 @@ import socket
 import tempfile
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from fnmatch import fnmatch
@@ -26,7 +27,7 @@ from colo_fixtures.disks import scratch_root
 from colo_fixtures.faults import Faults
 from colo_fixtures.guest import AGENT_PORT, AgentClient, GuestImage, build_guest, kernel_cmdline
 from colo_fixtures.hosts import LocalNamespaceHost
-from colo_fixtures.known_issues import mark_known_issues
+from colo_fixtures.known_issues import known_log_message, mark_known_issues
 from colo_fixtures.logscan import Finding, scan
 from colo_fixtures.net import LocalLab, connect_in_ns
 from colo_fixtures.qemu import QemuError
@@ -256,6 +257,14 @@ def start_colo(request: pytest.FixtureRequest, colo_settings: Settings, qemu_bui
             colo.pair.stop()
             colo.lab.destroy()
             report.attach_run(artifacts)
+    known = [(f, k) for f in findings if (k := known_log_message(f.line)) is not None]
+    if known:
+        lines = [f"{finding}\n    known issue: {issue.reason}" for finding, issue in known]
+        (artifacts / "known-log-messages.txt").write_text("\n".join(lines) + "\n")
+        report.attach_file(artifacts / "known-log-messages.txt")
+        for finding, issue in known:
+            warnings.warn(f"known QEMU log message: {finding} ({issue.reason})", stacklevel=1)
+    findings = [f for f in findings if known_log_message(f.line) is None]
     for root in scratch:
         if failed and s.keep_on_failure:
             print(f"\ncolo: kept scratch {root} (--keep-on-failure)")

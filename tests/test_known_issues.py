@@ -40,3 +40,13 @@ def test_every_known_issue_names_an_existing_suite_test():
         path, name = issue.test.split("::")
         assert f"def {name.split('[')[0]}(" in (root / path).read_text(), issue.test
         assert issue.strict and len(issue.reason) > 40
+
+
+def test_known_log_message_is_recognised_and_others_are_not():
+    from colo_fixtures.known_issues import known_log_message
+
+    line = ("2026-11-28T19:27:39.371229Z qemu-system-x86_64: virtio: zero sized buffers are "
+            "not allowed")
+    issue = known_log_message(line)
+    assert issue is not None and "cause not yet identified" in issue.reason
+    assert known_log_message("qemu-system-x86_64: Can't receive COLO message") is None
