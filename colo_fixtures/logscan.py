@@ -47,6 +47,12 @@ AFTER_FAULT: tuple[str, ...] = (
     r"Can't (receive|send) COLO message",
     r"filter (mirror|redirector) send failed",
     r"Disconnect client, due to: ",  # the NBD server losing the killed peer, for any reason
+    # a secondary that loses its primary in the middle of a checkpoint, and the failover
+    r"Load VM's live state \(ram\) error",
+    r"Got \d+ VMState data, less than expected",
+    r"COLO: load device state failed",
+    r"Failed to (get|send) value for (COLO )?message",
+    r"qemu-system-\w+: failover request$",
 )
 STAMP = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+)Z ")
 

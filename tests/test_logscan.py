@@ -54,3 +54,11 @@ def test_allow_list_and_missing_file(tmp_path: Path):
     assert scan(stderr, "stderr", allow=(r"Can't receive",)) == []
     assert scan(tmp_path / "absent.log", "console") == []
 
+
+
+def test_a_secondary_losing_its_primary_mid_checkpoint_is_a_fault_consequence(tmp_path: Path):
+    stderr = tmp_path / "e.log"
+    stderr.write_text("2026-11-28T19:45:41.631623Z qemu-system-x86_64: Load VM's live state "
+                      "(ram) error\n")
+    assert len(scan(stderr, "stderr")) == 1
+    assert scan(stderr, "stderr", fault_at=line_time("2026-11-28T19:45:41.000000Z x")) == []
