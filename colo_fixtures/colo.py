@@ -172,7 +172,6 @@ class FailoverTimes:
     """Wall-clock stamps of one failover (seconds since the epoch)."""
 
     survivor: str
-    commands_started: float
     commands_done: float
     colo_exit: float | None
 
@@ -378,7 +377,6 @@ class ColoPair:
         if survivor is None:
             raise QemuError("failover to the secondary: no secondary is running")
         process = survivor.process
-        started = time.time()
         process.qmp("nbd-server-stop")
         survivor.nbd_server = False
         process.qmp("x-colo-lost-heartbeat")
@@ -392,7 +390,7 @@ class ColoPair:
         if self.primary_replica is not None:
             self.retired.append(self.primary_replica)
         self.primary_replica, self.secondary_replica = survivor, None
-        return FailoverTimes(process.name, started, done, self._exit_event(process, since))
+        return FailoverTimes(process.name, done, self._exit_event(process, since))
 
     def quorum_child(self, node: str = "replication0") -> str:
         """The name (``children.N``) under which ``node`` hangs in the primary's quorum."""
@@ -411,7 +409,6 @@ class ColoPair:
         if survivor is None:
             raise QemuError("failover to the primary: no primary is running")
         process = survivor.process
-        started = time.time()
         process.qmp("x-blockdev-change", parent="colo-disk0", child=self.quorum_child())
         reply = process.hmp("drive_del replication0")
         if reply.strip():
@@ -423,7 +420,7 @@ class ColoPair:
         if self.secondary_replica is not None:
             self.retired.append(self.secondary_replica)
         self.secondary_replica = None
-        return FailoverTimes(process.name, started, done, self._exit_event(process, since))
+        return FailoverTimes(process.name, done, self._exit_event(process, since))
 
     def wait_unresponsive(self, process: QemuProcess, heartbeat: float, misses: int) -> float:
         """The harness's heartbeat: QMP ``query-status`` every ``heartbeat`` seconds; return the
