@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import signal
 import time
-from typing import Protocol
+from typing import Any, Protocol
 
 from colo_fixtures.qemu import QemuError, QemuProcess
 
@@ -16,7 +16,7 @@ from colo_fixtures.qemu import QemuError, QemuProcess
 class Recorder(Protocol):
     """Where faults are recorded (``workload.History``)."""
 
-    def nemesis(self, f: str, target: str, detail: str | None = None) -> object: ...
+    def nemesis(self, f: str, target: str, detail: str | None = None) -> Any: ...
 
 
 class Faults:
@@ -28,10 +28,11 @@ class Faults:
     def _signal(self, process: QemuProcess, signum: int, f: str, detail: str | None) -> float:
         if not process.alive():
             raise QemuError(f"cannot {f} {process.name}: it is not running")
-        at = time.time()
+        # Recorded before the signal goes out: the survivor may log the loss of its peer
+        # within milliseconds, and the log analyzer excuses only what follows the fault.
+        op = self.history.nemesis(f, process.name, detail)
         process.signal(signum)
-        self.history.nemesis(f, process.name, detail)
-        return at
+        return op.wall
 
     def kill(self, process: QemuProcess, detail: str | None = None) -> float:
         """SIGKILL: the host dies without a word."""

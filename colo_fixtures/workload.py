@@ -2,20 +2,23 @@
 
 Jepsen style: a client keeps one long-lived TCP connection to the guest agent and does
 writes and reads continuously; every operation is recorded as an ``invoke`` followed by
-``ok`` (done), ``fail`` (certainly not done) or ``info`` (unknown: a timeout or a lost
-connection after the request went out). The nemesis (``faults``) records its faults in the
-same history. After the run, ``check`` compares the history with what the surviving VM
-holds: every acknowledged write must be there, and no read may go back in time.
+``ok`` (done), ``fail`` (certainly not done: an ``ERR`` reply, or the request never fully
+sent) or ``info`` (unknown: a timeout or a lost connection after the request went out).
+The nemesis (``faults``) records its faults in the same history. After the run, ``check``
+compares the history with what the surviving VM holds: every acknowledged write must be
+there, no read may go back in time, and nothing that failed or was never written may show.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import re
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +26,13 @@ from typing import Any
 from colo_fixtures.guest import AgentClient, AgentError
 
 Clock = Callable[[], tuple[float, float]]
+
+FAULTS = ("kill", "stop")  # nemesis ops that break something; the rest are marks
+STOPPED = "workload stopped with the operation in flight"  # an info reason, not a break
+NOT_SENT = "not sent: "  # prefix of a fail reason: the connection broke before the request
+CONNECT_RETRY_S = 0.2
+RECONNECT_PAUSE_S = 0.1
+CONNECT_ERRORS_KEPT = 50
 
 
 def system_clock() -> tuple[float, float]:
@@ -37,9 +47,9 @@ class Op:
     index: int
     process: str  # "client-<n>" or "nemesis"
     type: str  # invoke | ok | fail | info
-    f: str  # write | read, or the nemesis's fault / action name
+    f: str  # write | read, or the nemesis's fault / mark name
     key: str | None
-    value: str | None  # write: value written; read ok: value read (None for NONE)
+    value: str | None  # write: value written; read ok: value read (None for NONE); nemesis: target
     seq: int | None
     time: float  # monotonic
     wall: float
@@ -48,12 +58,13 @@ class Op:
 
 
 class History:
-    """A thread-safe, append-only list of ``Op``."""
+    """A thread-safe, append-only list of ``Op``; ``clock`` gives (monotonic, wall)."""
 
     def __init__(self, clock: Clock = system_clock):
         self._clock = clock
         self._ops: list[Op] = []
         self._lock = threading.Lock()
+        self._values = itertools.count(1)
 
     def _append(self, **fields: Any) -> Op:
         with self._lock:
@@ -62,13 +73,20 @@ class History:
             self._ops.append(op)
             return op
 
+    def new_value(self) -> str:
+        """A write value unique in this history (``w1``, ``w2``, ...), even across clients."""
+        with self._lock:
+            return f"w{next(self._values)}"
+
     def invoke(self, process: str, f: str, key: str | None, value: str | None,
                conn: int | None) -> Op:
+        """Record the start of a client operation."""
         return self._append(process=process, type="invoke", f=f, key=key, value=value,
                             seq=None, conn=conn)
 
     def complete(self, invoke: Op, type: str, value: str | None = None,
                  seq: int | None = None, error: str | None = None) -> Op:
+        """Record the outcome of ``invoke``; a write's completion carries the written value."""
         if type not in ("ok", "fail", "info"):
             raise ValueError(f"completion type {type!r}: expected ok, fail or info")
         if invoke.f == "write":
@@ -77,6 +95,7 @@ class History:
                             value=value, seq=seq, conn=invoke.conn, error=error)
 
     def nemesis(self, f: str, target: str, detail: str | None = None) -> Op:
+        """Record a fault (or a harness mark) as an ``info`` op of process ``nemesis``."""
         return self._append(process="nemesis", type="info", f=f, key=None, value=target,
                             seq=None, conn=None, error=detail)
 
@@ -86,26 +105,25 @@ class History:
             return list(self._ops)
 
     def __len__(self) -> int:
-        return len(self._ops)
+        with self._lock:
+            return len(self._ops)
 
     def __iter__(self) -> Iterator[Op]:
         return iter(self.ops)
 
     def pairs(self) -> list[tuple[Op, Op | None]]:
         """Each client invoke with its completion (None if it never completed)."""
-        pending: dict[str, Op] = {}
+        pending: dict[str, int] = {}
         result: list[tuple[Op, Op | None]] = []
-        slots: dict[int, int] = {}
         for op in self.ops:
             if op.process == "nemesis":
                 continue
             if op.type == "invoke":
-                pending[op.process] = op
-                slots[op.index] = len(result)
+                pending[op.process] = len(result)
                 result.append((op, None))
             elif op.process in pending:
-                start = pending.pop(op.process)
-                result[slots[start.index]] = (start, op)
+                slot = pending.pop(op.process)
+                result[slot] = (result[slot][0], op)
         return result
 
     def faults(self) -> list[Op]:
@@ -113,6 +131,7 @@ class History:
         return [op for op in self.ops if op.process == "nemesis" and op.f in FAULTS]
 
     def to_jsonl(self, path: Path) -> None:
+        """One JSON object per op, in order."""
         path.write_text("".join(json.dumps(asdict(op)) + "\n" for op in self.ops))
 
     @classmethod
@@ -120,10 +139,13 @@ class History:
         history = cls()
         history._ops = [Op(**json.loads(line)) for line in path.read_text().splitlines()
                         if line.strip()]
+        used = [int(op.value[1:]) for op in history._ops
+                if op.f == "write" and op.value and re.fullmatch(r"w\d+", op.value)]
+        history._values = itertools.count(max(used, default=0) + 1)
         return history
 
 
-FAULTS = ("kill", "stop")
+# ---------------------------------------------------------------------------- workload
 
 
 @dataclass(frozen=True)
@@ -138,19 +160,45 @@ class ConnectionBreak:
 
 
 def describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    """``Type: message`` of an exception, on one line."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class _Client(AgentClient):
+    """An agent client that remembers whether the last request line went out whole.
+
+    The agent acts only on complete lines, so a request that failed while sending was
+    certainly not applied (``fail``); one that failed afterwards may have been (``info``).
+    """
+
+    sent = False
+
+    def request(self, line: str) -> str:
+        self.sent = False
+        if "\n" in line or "\r" in line:
+            raise ValueError(f"a request is one line: {line!r}")
+        self.sock.sendall(line.encode("ascii") + b"\n")
+        self.sent = True
+        return self._readline()
 
 
 class Workload:
     """One client thread doing writes and reads over ONE long-lived TCP connection.
 
-    A lost connection is recorded (``broken``) and, with ``reconnect``, replaced by a new
-    one, so the run goes on and the checker can say exactly when and why it broke.
+    Writes of unique values (``History.new_value``) to ``k<i % keys>`` alternate with a read
+    of the key just written. A lost connection is recorded (``broken``) and, with
+    ``reconnect``, replaced by a new one (a new conn id), so the run goes on and the
+    checker can say exactly when and why it broke. Failed connection attempts make no ops;
+    their errors are kept in ``connect_errors`` as ``"<wall time> <reason>"`` (the latest
+    last). The thread never raises: an unexpected error ends it cleanly, kept in ``crash``.
     """
 
     def __init__(self, connect: Callable[[], socket.socket], history: History, *,
                  keys: int = 8, op_timeout: float = 5.0, pause: float = 0.02,
                  reconnect: bool = True, process: str = "client-1"):
+        if keys < 1:
+            raise ValueError(f"keys must be >= 1: {keys}")
         self.connect = connect
         self.history = history
         self.keys = [f"k{i}" for i in range(keys)]
@@ -160,22 +208,42 @@ class Workload:
         self.process = process
         self.broken: list[ConnectionBreak] = []
         self.connect_errors: list[str] = []
+        self.crash: str | None = None  # an unexpected error that ended the thread
         self._stop = threading.Event()
+        self._interrupted = threading.Event()
         self._thread: threading.Thread | None = None
         self._conn_ids = itertools.count(1)
+        self._lock = threading.Lock()
+        self._client: _Client | None = None
+        self._conn: int | None = None
         self._last_ok: float | None = None
 
     def start(self) -> None:
+        """Start the client thread (once)."""
+        if self._thread is not None:
+            raise RuntimeError(f"{self.process} already started")
         self._thread = threading.Thread(target=self._run, name=self.process, daemon=True)
         self._thread.start()
 
     def stop(self, timeout: float = 10) -> History:
+        """Stop after the operation in flight, waiting at most ``timeout`` for it; then the
+        connection is shut down under it (recorded ``info``, reason ``STOPPED``) and the
+        thread gets ``op_timeout`` more. RuntimeError if it still runs after that."""
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout + self.op_timeout)
-            if self._thread.is_alive():
-                raise RuntimeError(f"{self.process} did not stop within "
-                                   f"{timeout + self.op_timeout:g}s")
+        thread = self._thread
+        if thread is None:
+            return self.history
+        thread.join(timeout)
+        if thread.is_alive():
+            self._interrupted.set()
+            with self._lock:
+                if self._client is not None:
+                    with suppress(OSError):
+                        self._client.sock.shutdown(socket.SHUT_RDWR)
+            thread.join(self.op_timeout)
+        if thread.is_alive():
+            raise RuntimeError(f"{self.process} did not stop within "
+                               f"{timeout + self.op_timeout:g}s")
         return self.history
 
     def ok_count(self, since: float = 0.0) -> int:
@@ -191,39 +259,67 @@ class Workload:
                 last = self.history.ops[-3:]
                 raise TimeoutError(f"{self.process}: {self.ok_count(since)} of {count} ok "
                                    f"operations within {timeout:g}s; last ops: {last}; "
-                                   f"connection breaks: {self.broken}")
+                                   f"connection breaks: {self.broken}; last connect error: "
+                                   f"{self.connect_errors[-1:]}")
             time.sleep(0.05)
 
-    def _open(self) -> tuple[AgentClient, int] | None:
-        while not self._stop.is_set():
-            try:
-                return AgentClient(self.connect(), timeout=self.op_timeout), next(self._conn_ids)
-            except (OSError, RuntimeError) as exc:
-                self.connect_errors.append(describe(exc))
-                self._stop.wait(0.2)
-        return None
+    # -- the thread
 
     def _run(self) -> None:
-        opened = self._open()
-        counter = itertools.count(1)
-        while opened is not None and not self._stop.is_set():
-            client, conn = opened
-            n = next(counter)
+        try:
+            self._loop()
+        except Exception as exc:  # the thread must never raise
+            self.crash = describe(exc)
+        finally:
+            self._close()
+
+    def _loop(self) -> None:
+        for n in itertools.count(1):
+            if self._stop.is_set():
+                return
+            if self._client is None and not self._open():
+                return
             key = self.keys[(n - 1) // 2 % len(self.keys)]  # each read follows its key's write
             if n % 2:
-                op = self.history.invoke(self.process, "write", key, f"w{n}", conn)
+                op = self.history.invoke(self.process, "write", key, self.history.new_value(),
+                                         self._conn)
             else:
-                op = self.history.invoke(self.process, "read", key, None, conn)
-            if self._perform(client, op):
+                op = self.history.invoke(self.process, "read", key, None, self._conn)
+            if self._perform(op):
                 self._stop.wait(self.pause)
                 continue
-            client.close()
+            self._close()
             if not self.reconnect:
                 return
-            opened = self._open()
+            self._stop.wait(RECONNECT_PAUSE_S)
 
-    def _perform(self, client: AgentClient, op: Op) -> bool:
+    def _open(self) -> bool:
+        """Connect (retrying until stopped); False if stopped first."""
+        while not self._stop.is_set():
+            try:
+                sock = self.connect()
+            except Exception as exc:  # any failure to connect is retried
+                self.connect_errors.append(f"{time.time():.3f} {describe(exc)}")
+                del self.connect_errors[:-CONNECT_ERRORS_KEPT]
+                self._stop.wait(CONNECT_RETRY_S)
+                continue
+            with self._lock:
+                self._client = _Client(sock, timeout=self.op_timeout)
+                self._conn = next(self._conn_ids)
+            return True
+        return False
+
+    def _close(self) -> None:
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None:
+            with suppress(OSError):
+                client.close()
+
+    def _perform(self, op: Op) -> bool:
         """Run one operation and record its completion; False if the connection is lost."""
+        client = self._client
+        assert client is not None
         try:
             if op.f == "write":
                 seq = client.put(str(op.key), str(op.value))
@@ -232,18 +328,29 @@ class Workload:
                 got = client.get(str(op.key))
                 done = self.history.complete(op, "ok", value=got[1] if got else None,
                                              seq=got[0] if got else None)
-            self._last_ok = done.time
-            return True
         except AgentError as exc:
-            self.history.complete(op, "fail", error=describe(exc))
-            return True
-        except (OSError, ConnectionError, TimeoutError, ValueError) as exc:
-            reason = describe(exc) if not isinstance(exc, TimeoutError) else (
-                f"timeout after {self.op_timeout:g}s")
-            done = self.history.complete(op, "info", error=reason)
-            self.broken.append(ConnectionBreak(op.conn or 0, done.time, done.wall, reason,
-                                               self._last_ok))
+            if exc.reply.startswith("ERR"):
+                self.history.complete(op, "fail", error=describe(exc))
+                return True
+            return self._lost(op, client, describe(exc))  # garbled: the stream is unusable
+        except Exception as exc:  # anything else ends this connection
+            timeout = isinstance(exc, TimeoutError)
+            return self._lost(op, client, f"timeout after {self.op_timeout:g}s" if timeout
+                              else describe(exc))
+        self._last_ok = done.time
+        return True
+
+    def _lost(self, op: Op, client: _Client, reason: str) -> bool:
+        """Record ``op`` as fail (never sent whole) or info, and the connection break."""
+        if self._interrupted.is_set():
+            self.history.complete(op, "info", error=STOPPED)
             return False
+        if not client.sent:
+            reason = NOT_SENT + reason
+        done = self.history.complete(op, "info" if client.sent else "fail", error=reason)
+        self.broken.append(ConnectionBreak(op.conn or 0, done.time, done.wall, reason,
+                                           self._last_ok))
+        return False
 
 
 # ---------------------------------------------------------------------------- checker
@@ -262,43 +369,71 @@ class CheckResult:
     stats: dict[str, dict[str, int]]
 
     def summary(self) -> str:
+        """A few lines for a report: verdict, counts, connection, downtime, first errors."""
         lines = [f"history {'valid' if self.valid else 'INVALID'}: "
                  + ", ".join(f"{f} {counts}" for f, counts in self.stats.items())]
         lines.append(f"connection survived: {self.connection['survived']}"
                      + "".join(f"; conn {b['conn']} broke at {b['at']:+.3f}s: {b['error']}"
                                for b in self.connection["breaks"]))
+        lines.append(f"longest gap between ok ops: {self.downtime['max_gap_s']}s")
         for fault in self.downtime["around_faults"]:
-            lines.append(f"{fault['fault']} at {fault['at']:+.3f}s: gap {fault['gap_s']}s, "
-                         f"first ok {fault['first_ok_after_s']}s after")
+            if fault["first_ok_after_s"] is None:
+                lines.append(f"{fault['fault']} at {fault['at']:+.3f}s: no ok op after it")
+            else:
+                lines.append(f"{fault['fault']} at {fault['at']:+.3f}s: gap {fault['gap_s']}s, "
+                             f"first ok {fault['first_ok_after_s']}s after")
         lines += self.errors[:10]
+        if len(self.errors) > 10:
+            lines.append(f"... and {len(self.errors) - 10} more errors")
         return "\n".join(lines)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
 
+Version = tuple[int, int | None]  # (position of the write among the key's writes, agent seq)
+
+
 @dataclass
 class _KeyState:
-    """Per key: writes in invocation order and what reads have shown so far."""
+    """Per key: writes in invocation order and the newest version ok reads have shown."""
 
     writes: list[tuple[Op, Op | None]] = field(default_factory=list)
-    read_floor: int = -1  # position in ``writes`` of the newest value an ok read returned
+    floor: Version | None = None
+
+    def position(self, value: str | None) -> int | None:
+        """Index of the write of ``value`` (-1 for no value, None if never written)."""
+        if value is None:
+            return -1
+        return next((i for i, (invoke, _) in enumerate(self.writes) if invoke.value == value),
+                    None)
+
+    def failed(self, position: int) -> bool:
+        done = self.writes[position][1] if position >= 0 else None
+        return done is not None and done.type == "fail"
+
+    def last_acked(self, moment: float) -> Version | None:
+        """Version of the newest write acknowledged ok at or before ``moment``."""
+        last = None
+        for position, (_, done) in enumerate(self.writes):
+            if done is not None and done.type == "ok" and done.time <= moment:
+                version = (position, done.seq)
+                if last is None or _older(last, version):
+                    last = version
+        return last
 
 
-def _write_position(state: _KeyState, value: str | None) -> int | None:
-    for position, (invoke, _) in enumerate(state.writes):
-        if invoke.value == value:
-            return position
-    return None
+def _older(a: Version, b: Version) -> bool:
+    """Whether version ``a`` took effect before ``b``.
 
-
-def _last_acked_before(state: _KeyState, moment: float) -> int:
-    """Position of the last write acknowledged ok at or before ``moment`` (-1 if none)."""
-    last = -1
-    for position, (_, done) in enumerate(state.writes):
-        if done is not None and done.type == "ok" and done.time <= moment:
-            last = position
-    return last
+    The agent's seq orders writes exactly where both are known (an indeterminate write
+    applied late gets a higher seq than the acknowledged write after it); otherwise the
+    order writes were invoked in stands in for it (right for one sequential client).
+    """
+    (a_pos, a_seq), (b_pos, b_seq) = a, b
+    if a_seq is not None and b_seq is not None:
+        return a_seq < b_seq or (a_seq == b_seq and a_pos != b_pos)
+    return a_pos < b_pos
 
 
 def check(history: History, final: Mapping[str, tuple[int, str] | None], *,
@@ -311,84 +446,111 @@ def check(history: History, final: Mapping[str, tuple[int, str] | None], *,
     be in ``final``; without it, every acknowledged write in the history must be.
     """
     ops = history.ops
-    origin = (history.faults()[0].time if history.faults()
-              else (ops[0].time if ops else 0.0))
-    errors: list[str] = []
-    lost: list[str] = []
-    stale: list[str] = []
-    states: dict[str, _KeyState] = {}
-    stats: dict[str, dict[str, int]] = {}
+    faults = history.faults()
+    origin = faults[0].time if faults else (ops[0].time if ops else 0.0)
     pairs = history.pairs()
+    states: dict[str, _KeyState] = {}
     for invoke, done in pairs:
-        counts = stats.setdefault(invoke.f, {"ok": 0, "fail": 0, "info": 0, "pending": 0})
-        counts[done.type if done else "pending"] += 1
         if invoke.f == "write":
             states.setdefault(str(invoke.key), _KeyState()).writes.append((invoke, done))
 
     def rel(moment: float) -> str:
         return f"{moment - origin:+.3f}s"
 
+    errors: list[str] = []
+    stale = _check_reads(pairs, states, rel, errors)
+    lost = _check_final(states, final, final_at, rel, errors)
+    connection = _connection(ops, origin)
+    if require_connection_survives and not connection["survived"]:
+        errors.append(_broken_connection_error(connection))
+    all_errors = lost + stale + errors
+    return CheckResult(not all_errors, all_errors, lost, stale, connection,
+                       _downtime(ops, faults, origin), _stats(pairs))
+
+
+def _broken_connection_error(connection: dict[str, Any]) -> str:
+    if not connection["breaks"]:
+        return f"the long-lived connection was replaced ({connection['connections']} used)"
+    first = connection["breaks"][0]
+    return f"the long-lived connection broke at {first['at']:+.3f}s: {first['error']}"
+
+
+def _stats(pairs: list[tuple[Op, Op | None]]) -> dict[str, dict[str, int]]:
+    stats: dict[str, dict[str, int]] = {}
+    for invoke, done in pairs:
+        counts = stats.setdefault(invoke.f, {"ok": 0, "fail": 0, "info": 0, "pending": 0})
+        counts[done.type if done else "pending"] += 1
+    return stats
+
+
+def _check_reads(pairs: list[tuple[Op, Op | None]], states: dict[str, _KeyState],
+                 rel: Callable[[float], str], errors: list[str]) -> list[str]:
+    """Stale and phantom reads; failed writes seen by a read go to ``errors``."""
+    stale: list[str] = []
     for invoke, done in pairs:
         if invoke.f != "read" or done is None or done.type != "ok":
             continue
-        state = states.get(str(invoke.key), _KeyState())
-        required = _last_acked_before(state, invoke.time)
-        position = _write_position(state, done.value) if done.value is not None else -1
-        if done.value is not None and position is None:
-            stale.append(f"phantom read: {invoke.key} read {done.value} at {rel(done.time)}, "
+        key, shown = invoke.key, done.value or "NONE"
+        state = states.get(str(key), _KeyState())
+        position = state.position(done.value)
+        if position is None:
+            stale.append(f"phantom read: {key} read {shown} at {rel(done.time)}, "
                          "a value never written")
             continue
-        assert position is not None
-        if position >= 0 and state.writes[position][1] is not None \
-                and state.writes[position][1].type == "fail":
-            errors.append(f"failed write visible: {invoke.key}={done.value} read at "
-                          f"{rel(done.time)}")
-        if position < required:
-            expected = state.writes[required][0].value
-            stale.append(f"stale read: {invoke.key} read {done.value or 'NONE'} at "
-                         f"{rel(done.time)} after {expected} was acknowledged")
-        elif position < state.read_floor:
-            newer = state.writes[state.read_floor][0].value
-            stale.append(f"stale read: {invoke.key} read {done.value or 'NONE'} at "
-                         f"{rel(done.time)} after {newer} was read")
-        state.read_floor = max(state.read_floor, position)
+        if state.failed(position):
+            errors.append(f"failed write visible: {key}={shown} read at {rel(done.time)}")
+        version = (position, done.seq if done.value is not None else None)
+        required = state.last_acked(invoke.time)
+        if required is not None and _older(version, required):
+            stale.append(f"stale read: {key} read {shown} at {rel(done.time)} after "
+                         f"{state.writes[required[0]][0].value} was acknowledged")
+        elif state.floor is not None and _older(version, state.floor):
+            stale.append(f"stale read: {key} read {shown} at {rel(done.time)} after "
+                         f"{state.writes[state.floor[0]][0].value} was read")
+        if state.floor is None or _older(state.floor, version):
+            state.floor = version
+    return stale
 
+
+def _check_final(states: dict[str, _KeyState], final: Mapping[str, tuple[int, str] | None],
+                 final_at: float | None, rel: Callable[[float], str],
+                 errors: list[str]) -> list[str]:
+    """Lost acknowledged writes; phantom and failed values in ``final`` go to ``errors``."""
+    lost: list[str] = []
     for key in sorted(set(states) | set(final)):
         state = states.get(key, _KeyState())
         got = final.get(key)
         value = got[1] if got else None
-        acked = _last_acked_before(state, float("inf") if final_at is None else final_at)
-        position = _write_position(state, value) if value is not None else -1
-        if value is not None and position is None:
+        position = state.position(value)
+        if position is None:
             errors.append(f"phantom value: the survivor has {key}={value}, never written")
             continue
-        assert position is not None
-        if position >= 0 and state.writes[position][1] is not None \
-                and state.writes[position][1].type == "fail":
+        if state.failed(position):
             errors.append(f"failed write visible: the survivor has {key}={value}")
-        if position < acked:
-            invoke, done = state.writes[acked]
+        acked = state.last_acked(float("inf") if final_at is None else final_at)
+        if acked is not None and _older((position, got[0] if got else None), acked):
+            invoke, done = state.writes[acked[0]]
             assert done is not None
             lost.append(f"lost acknowledged write: {key}={invoke.value} (seq {done.seq}, ok at "
                         f"{rel(done.time)}) but the survivor has {key}={value or 'nothing'}")
-
-    connection = _connection(ops, origin)
-    if require_connection_survives and not connection["survived"]:
-        first = connection["breaks"][0]
-        errors.append(f"the long-lived connection broke at {first['at']:+.3f}s: "
-                      f"{first['error']}")
-    all_errors = lost + stale + errors
-    return CheckResult(not all_errors, all_errors, lost, stale, connection,
-                       _downtime(ops, history.faults(), origin), stats)
+    return lost
 
 
 def _connection(ops: list[Op], origin: float) -> dict[str, Any]:
+    """Connections used and where each broke: its first ``info`` or request not sent (or,
+    for a connection given up for a later one, its last completion)."""
     conns = sorted({op.conn for op in ops if op.conn is not None})
     breaks = []
     for conn in conns:
-        lost = next((op for op in ops if op.conn == conn and op.type == "info"), None)
+        done = [op for op in ops if op.conn == conn and op.type != "invoke"
+                and op.error != STOPPED]
+        lost = next((op for op in done if op.type == "info" or (
+            op.type == "fail" and (op.error or "").startswith(NOT_SENT))), None)
+        if lost is None and conn != conns[-1] and done:
+            lost = done[-1]
         if lost is not None:
-            breaks.append({"conn": conn, "at": lost.time - origin, "error": lost.error})
+            breaks.append({"conn": conn, "at": lost.time - origin,
+                           "error": lost.error or "replaced by a new connection"})
     first = conns[0] if conns else None
     return {"survived": not breaks and len(conns) <= 1, "connections": len(conns),
             "breaks": breaks,
@@ -396,6 +558,7 @@ def _connection(ops: list[Op], origin: float) -> dict[str, Any]:
 
 
 def _downtime(ops: list[Op], faults: list[Op], origin: float) -> dict[str, Any]:
+    """The longest gap between ok completions, and the gap around each fault."""
     oks = [op.time for op in ops if op.process != "nemesis" and op.type == "ok"]
     gaps = [b - a for a, b in itertools.pairwise(oks)]
     around = []

@@ -1,0 +1,133 @@
+"""Integration: the Workload against the real guest agent in QEMU (TCG, user networking).
+
+A clean run must check valid with its one connection intact. When QEMU is SIGKILLed mid-run,
+the workload must record the broken connection (when and why), and the agent's disk must
+hold every write it acknowledged (it fdatasyncs before answering) and nothing else.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from standalone_guest import Guest, make_disk, requires_qemu, start_qemu
+
+from colo_fixtures.guest import (
+    AgentClient,
+    GuestImage,
+    disk_store,
+    parse_disk_records,
+)
+from colo_fixtures.workload import History, Workload, check
+
+OP_TIMEOUT = 5.0
+RUN_SECONDS = 5.0
+
+pytestmark = requires_qemu
+
+
+@pytest.fixture
+def boot(image: GuestImage, tmp_path: Path) -> Iterator[Callable[[], Guest]]:
+    """Boots guests on demand; every QEMU started is SIGKILLed (by PID) and reaped at the end."""
+    vms: list[Guest] = []
+
+    def _boot() -> Guest:
+        workdir = tmp_path / f"vm{len(vms)}"
+        vm = start_qemu(image, make_disk(workdir / "disk.img"), workdir)
+        vms.append(vm)
+        vm.wait_ready()
+        return vm
+
+    yield _boot
+    for vm in vms:
+        vm.kill()
+
+
+def read_all(vm: Guest, keys: list[str]) -> dict[str, tuple[int, str] | None]:
+    with AgentClient(vm.connect(), timeout=OP_TIMEOUT) as client:
+        return {key: client.get(key) for key in keys}
+
+
+def written_keys(history: History) -> list[str]:
+    return sorted({op.key for op in history if op.f == "write" and op.key})
+
+
+def test_workload_on_the_agent_checks_valid(boot, record_property):
+    vm = boot()
+    workload = Workload(vm.connect, History(), op_timeout=OP_TIMEOUT)
+    workload.start()
+    time.sleep(RUN_SECONDS)
+    history = workload.stop()
+    final = read_all(vm, [f"k{i}" for i in range(8)])
+
+    result = check(history, final, require_connection_survives=True)
+    print(result.summary())
+    record_property("workload_check", result.to_json())
+    assert result.valid, result.summary() + "\n" + vm.diagnosis()
+    assert workload.broken == [] and workload.crash is None
+    assert result.connection == {"survived": True, "connections": 1, "breaks": [],
+                                 "first_conn_ops": result.stats["write"]["ok"]
+                                 + result.stats["read"]["ok"]}
+    assert result.stats["write"]["ok"] >= 5, result.summary()
+    assert result.stats["write"]["fail"] == result.stats["write"]["info"] == 0
+    # The survivor is the only VM: the final reads show the last acknowledged write per key.
+    last = {op.key: (op.seq, op.value) for op in history if op.f == "write" and op.type == "ok"}
+    assert {k: v for k, v in final.items() if v is not None} == last
+
+
+def test_workload_records_qemu_killed_mid_run(boot, record_property):
+    vm = boot()
+    workload = Workload(vm.connect, History(), op_timeout=OP_TIMEOUT)
+    workload.start()
+    try:
+        workload.wait_ok(10, timeout=60)
+        time.sleep(1.0)
+        signalled = time.monotonic()
+        os.kill(vm.proc.pid, signal.SIGKILL)
+        kill = workload.history.nemesis("kill", "qemu", f"SIGKILL pid {vm.proc.pid}")
+        vm.proc.wait(30)
+        deadline = time.monotonic() + OP_TIMEOUT + 5
+        while not (workload.broken and workload.connect_errors) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        history = workload.stop()
+
+    assert workload.crash is None
+    assert len(workload.broken) == 1, (workload.broken, history.ops[-4:])
+    brk = workload.broken[0]
+    assert brk.conn == 1 and brk.last_ok_time is not None
+    assert brk.time >= signalled, "the break predates the kill"
+    assert workload.connect_errors and "ConnectionRefusedError" in workload.connect_errors[-1]
+    last = history.pairs()[-1]
+    assert last[1] is not None and last[1].type in ("info", "fail") and last[1].conn == 1
+    assert last[1].error == brk.error
+
+    records = parse_disk_records(vm.disk.read_bytes())
+    final = {key: (r.seq, r.value) for key, r in disk_store(records).items()}
+    result = check(history, final)
+    print(result.summary())
+    record_property("workload_check", result.to_json())
+    assert result.valid, result.summary()
+    assert result.connection["survived"] is False
+    assert result.connection["breaks"] == [
+        {"conn": 1, "at": pytest.approx(brk.time - kill.time), "error": brk.error}]
+    assert result.downtime["around_faults"][0]["first_ok_after_s"] is None
+
+    strict = check(history, final, require_connection_survives=True)
+    assert not strict.valid
+    assert strict.errors == [f"the long-lived connection broke at "
+                             f"{brk.time - kill.time:+.3f}s: {brk.error}"]
+
+    # Durability: every acknowledged write is on disk (seq included), and the disk holds
+    # nothing else but, possibly, the one write whose answer the kill cut off.
+    on_disk = {(r.seq, r.key, r.value) for r in records}
+    acked = {(op.seq, op.key, op.value) for op in history
+             if op.f == "write" and op.type == "ok"}
+    unknown = {(op.key, op.value) for op in history if op.f == "write" and op.type == "info"}
+    assert acked <= on_disk, sorted(acked - on_disk)
+    assert {(k, v) for _, k, v in on_disk - acked} <= unknown
+    assert [r.seq for r in records] == list(range(1, len(records) + 1))
