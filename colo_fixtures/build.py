@@ -134,7 +134,7 @@ def debian_source_version(package: str = "qemu-system-x86") -> str:
     return result.stdout.strip()
 
 
-def _run_logged(argv: list[str], log: Path, cwd: Path, what: str,
+def run_logged(argv: list[str], log: Path, cwd: Path, what: str,
                 env: dict[str, str] | None = None) -> None:
     with log.open("a") as out:
         out.write(f"\n$ {' '.join(argv)}    (in {cwd})\n")
@@ -149,7 +149,8 @@ def _run_logged(argv: list[str], log: Path, cwd: Path, what: str,
 def first_error(log: Path) -> str:
     """The first compiler/configure/patch error line of a build log, for a one-line report."""
     patterns = (r"error:", r"ERROR:", r"FAILED:", r"Hunk #\d+ FAILED", r"can't find file",
-                r"^E: ", r"No such file")
+                r"^E: ", r"No such file", r"multiple definition of", r"undefined reference",
+                r"\*\*\* .*Error \d+")
     lines = log.read_text(errors="replace").splitlines()
     for line in lines:
         if any(re.search(pattern, line) for pattern in patterns):
@@ -161,7 +162,7 @@ def apply_patches(tree: Path, patches: list[Path], log: Path) -> None:
     """Apply each patch with ``patch -p1``; one that does not apply is a BuildError naming it."""
     for patch in patches:
         try:
-            _run_logged(["patch", "-p1", "--forward", "--batch", "-i", str(patch)], log, tree,
+            run_logged(["patch", "-p1", "--forward", "--batch", "-i", str(patch)], log, tree,
                         f"patch {patch.name}")
         except BuildError as exc:
             raise BuildError(f"{patch.name} does not apply to {tree.name}: "
@@ -178,9 +179,9 @@ def compile_qemu(src: Path, entry: Path, patches: list[Path]) -> None:
     apply_patches(tree, patches, log)
     build_dir = tree / "build"
     build_dir.mkdir()
-    _run_logged(["../configure", *CONFIGURE_FLAGS], log, build_dir, "configure")
+    run_logged(["../configure", *CONFIGURE_FLAGS], log, build_dir, "configure")
     jobs = str(os.cpu_count() or 2)
-    _run_logged(["ninja", "-j", jobs, BINARY_NAME], log, build_dir, "ninja")
+    run_logged(["ninja", "-j", jobs, BINARY_NAME], log, build_dir, "ninja")
     shutil.copy2(build_dir / BINARY_NAME, entry / BINARY_NAME)
     shutil.rmtree(tree)
 
@@ -191,11 +192,11 @@ def fetch_debian_source(version: str, cache_dir: Path) -> Path:
     def fetch(entry: Path) -> None:
         log = entry / "fetch.log"
         log.touch()
-        _run_logged(["apt-get", "source", "--download-only", "-q", f"qemu={version}"], log,
+        run_logged(["apt-get", "source", "--download-only", "-q", f"qemu={version}"], log,
                     entry, f"apt-get source qemu={version} (does tools/bootstrap's deb-src "
                     "entry exist? run tools/bootstrap)")
         dsc = next(entry.glob("*.dsc"))
-        _run_logged(["dpkg-source", "--no-check", "-x", dsc.name, "tree"], log, entry,
+        run_logged(["dpkg-source", "--no-check", "-x", dsc.name, "tree"], log, entry,
                     "dpkg-source -x")
 
     return cached_build(cache_dir, "qemu-src", hash_parts([version]), fetch) / "tree"

@@ -396,13 +396,17 @@ class LocalLab:
     def _build(self) -> None:
         topo = self.topo
         pri, sec, cli = topo.primary, topo.secondary, topo.client
+        vm_hosts = [h for h in (pri, sec, topo.sentinel) if h is not None]
         iprs: dict[str, IPRoute] = {}
         try:
-            for host in (pri, sec):
+            for host in vm_hosts:
                 iprs[host.netns] = self._make_netns(host.netns)
                 self._make_vm_bridge(iprs[host.netns], host, enslave_tap=host is pri)
-            self._make_replication_link(iprs[pri.netns], iprs[sec.netns], pri, sec)
             iprs[cli.netns] = self._make_netns(cli.netns)
+            if topo.rep_switch is None:
+                self._make_replication_link(iprs[pri.netns], iprs[sec.netns], pri, sec)
+            else:
+                self._make_replication_switch(iprs, cli)
             self._make_client_bridge(iprs[cli.netns], cli)
             for host in (pri, sec):
                 self._make_ext_link(iprs[host.netns], iprs[cli.netns], host, cli)
@@ -476,6 +480,22 @@ class LocalLab:
                        prefix)
         self._set(ipr, host.netns, ifname, state="up")
         self._set(peer_ipr, peer.netns, peer_ifname, state="up")
+
+    def _make_replication_switch(self, iprs: dict[str, IPRoute], cli: HostSpec) -> None:
+        """Three or more hosts: each host's rep_if joins the bridge ``rep_switch`` in the
+        client namespace (which gets no address on it)."""
+        switch, cli_ipr = _need(self.topo.rep_switch, cli, "rep_switch"), iprs[cli.netns]
+        bridge = self._add_link(cli_ipr, cli.netns, switch, "bridge")
+        self._set(cli_ipr, cli.netns, switch, state="up")
+        for host in self.topo.replication_hosts():
+            ipr, ifname = iprs[host.netns], _need(host.rep_if, host, "rep_if")
+            peer = _need(host.rep_peer, host, "rep_peer")
+            self._add_veth(ipr, host.netns, ifname, cli.netns, peer)
+            self._add_addr(ipr, host.netns, ifname, _need(host.rep_addr, host, "rep_addr"),
+                           self.topo.rep_prefix)
+            self._set(cli_ipr, cli.netns, peer, master=bridge)
+            self._set(cli_ipr, cli.netns, peer, state="up")
+            self._set(ipr, host.netns, ifname, state="up")
 
     def _add_veth(self, ipr: IPRoute, ns: str, ifname: str, peer_ns: str, peer_name: str) -> None:
         """A veth pair created directly inside ``ns`` with its peer inside ``peer_ns``."""
@@ -619,3 +639,52 @@ def _need(value: str | None, host: HostSpec, field: str) -> str:
     if value is None:
         raise LabError(f"topology: {host.role} has no {field}")
     return value
+
+
+def probe_output_path() -> list[tuple[str, bool, str]]:
+    """vm-ft's output path, tried for real in a throwaway namespace that is always removed.
+
+    Returns ``(item, ok, detail)`` for ``ifb`` (an ifb device), ``mirred redirect`` (the
+    seed's ingress qdisc with a u32 match-all mirred redirect into it) and ``plug qdisc``
+    (``sch_plug`` on the ifb device, vm-ft's output buffer).
+    """
+    name = f"colo-probe-{os.getpid()}-{threading.get_ident() % 10000}"
+    results: list[tuple[str, bool, str]] = []
+    pr_netns.create(name)
+    try:
+        with _ipr(name) as ipr:
+            try:
+                ipr.link("add", ifname="ifb0", kind="ifb")
+                ipr.link("add", ifname="probe0", kind="veth", peer={"ifname": "probe1"})
+                ifb = _require_index(ipr, name, "ifb0")
+                dummy = _require_index(ipr, name, "probe0")
+                for index in (ifb, dummy):
+                    ipr.link("set", index=index, state="up")
+                results.append(("ifb", True, "ifb device created"))
+            except (NetlinkError, OSError, LabError) as exc:
+                return [("ifb", False, f"cannot create an ifb device: {_reason(exc)}; load the "
+                         "module (modprobe ifb) or use a kernel with CONFIG_IFB"),
+                        ("mirred redirect", False, "not checked: needs ifb"),
+                        ("plug qdisc", False, "not checked: needs ifb")]
+            try:
+                ipr.tc("add", "ingress", dummy, INGRESS)
+                ipr.tc("add-filter", "u32", dummy, parent=INGRESS, prio=FILTER_PRIO,
+                       protocol=ETH_P_IP, target=FILTER_TARGET, keys=["0x0/0x0+0"],
+                       action={"kind": "mirred", "direction": "egress", "action": "redirect",
+                               "ifindex": ifb})
+                results.append(("mirred redirect", True, "ingress u32 mirred redirect added"))
+            except (NetlinkError, OSError) as exc:
+                results.append(("mirred redirect", False, f"ingress u32 mirred redirect "
+                                f"refused: {_reason(exc)}; load sch_ingress, cls_u32 and "
+                                "act_mirred (modprobe) or use a kernel that has them"))
+            try:
+                ipr.tc("add", "plug", ifb, PLUG_HANDLE, limit=PLUG_LIMIT)
+                results.append(("plug qdisc", True, "plug qdisc added on ifb0"))
+            except (NetlinkError, OSError) as exc:
+                results.append(("plug qdisc", False, f"plug qdisc refused: {_reason(exc)}; "
+                                "vm-ft buffers output with sch_plug: modprobe sch_plug, or "
+                                f"use a kernel with CONFIG_NET_SCH_PLUG (this one: "
+                                f"{os.uname().release})"))
+    finally:
+        pr_netns.remove(name)
+    return results

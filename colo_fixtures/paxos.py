@@ -179,3 +179,78 @@ def _check_checkpoints(logs: dict[int, list[DareRecord]], leader: int,
         if not led - 1 <= backed <= led:
             report.errors.append(f"checkpoints disagree: leader p{leader} logged {led}, "
                                  f"backup p{backup} {backed}")
+
+
+# ------------------------------------------------------------------ nodes.local.cfg
+
+SYNC_IDLE = 1  # checkpoint when the guest is idle (the seed's default)
+SYNC_PERIOD = 2  # checkpoint every x-checkpoint-delay
+
+
+DARE_FLOATS = ("hb_period", "rc_info_period", "retransmit_period", "log_pruning_period")
+
+
+@dataclass(frozen=True)
+class DareTimers:
+    """``dare_global_config``: DARE's timers (the seed's DEBUG values)."""
+
+    hb_period: float = 0.1  # heartbeat period, s
+    elec_timeout_low: int = 1_000_000  # election timeout range, us
+    elec_timeout_high: int = 3_000_000
+    rc_info_period: float = 0.05  # checking for new connections, s
+    retransmit_period: float = 0.04  # s
+    log_pruning_period: float = 0.05  # s
+
+
+@dataclass(frozen=True)
+class NodesConfig:
+    """rdma-paxos's ``nodes.local.cfg``, every key of COLO-FACTS §4 with the seed's values."""
+
+    db_name: str = "node_test"
+    req_log: int = 1
+    sys_log: int = 1
+    stat_log: int = 1
+    control_tsc: int = 1
+    colo_debug: int = 1  # per-checkpoint "[LEADER n] output_counter" lines
+    colo_gettime: int = 0
+    recheck_num: int = 10
+    e1000_speedup: int = 1
+    batching: int = 1
+    sync_type: int = SYNC_IDLE
+    dare: DareTimers = field(default_factory=DareTimers)
+
+    def validate(self) -> None:
+        """ValueError naming the first bad key."""
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.db_name):
+            raise ValueError(f"nodes.local.cfg db_name {self.db_name!r}: letters, digits, _ . -")
+        for name in ("req_log", "sys_log", "stat_log", "control_tsc", "colo_debug",
+                     "colo_gettime", "e1000_speedup", "batching"):
+            if getattr(self, name) not in (0, 1):
+                raise ValueError(f"nodes.local.cfg {name} = {getattr(self, name)!r}: 0 or 1")
+        if not isinstance(self.recheck_num, int) or self.recheck_num < 0:
+            raise ValueError(f"nodes.local.cfg recheck_num = {self.recheck_num!r}: an int >= 0")
+        if self.sync_type not in (SYNC_IDLE, SYNC_PERIOD):
+            raise ValueError(f"nodes.local.cfg sync_type = {self.sync_type!r}: 1 (idle check) "
+                             "or 2 (fixed period, x-checkpoint-delay)")
+        d = self.dare
+        for name in DARE_FLOATS:
+            if not getattr(d, name) > 0:
+                raise ValueError(f"dare_global_config {name} = {getattr(d, name)!r}: seconds > 0")
+        if not 0 < d.elec_timeout_low < d.elec_timeout_high:
+            raise ValueError(f"dare_global_config elec_timeout_low/high = "
+                             f"{d.elec_timeout_low}/{d.elec_timeout_high}: 0 < low < high (us)")
+
+    def render(self) -> str:
+        """The file in libconfig syntax (ints as ints, periods as floats)."""
+        self.validate()
+        lines = ["# nodes.local.cfg written by the COLO harness (rdma-paxos, libconfig format)",
+                 f'db_name = "{self.db_name}";']
+        lines += [f"{name} = {getattr(self, name)};" for name in (
+            "req_log", "sys_log", "stat_log", "control_tsc", "colo_debug", "colo_gettime",
+            "recheck_num", "e1000_speedup", "batching", "sync_type")]
+        lines.append("dare_global_config = {")
+        for name, value in vars(self.dare).items():  # libconfig types are strict
+            shown = repr(float(value)) if name in DARE_FLOATS else str(int(value))
+            lines.append(f"    {name} = {shown};")
+        lines.append("};")
+        return "\n".join(lines) + "\n"

@@ -30,6 +30,7 @@ from colo_fixtures.hosts import LocalNamespaceHost
 from colo_fixtures.known_issues import known_log_message, mark_known_issues
 from colo_fixtures.logscan import Finding, scan
 from colo_fixtures.net import LocalLab, connect_in_ns
+from colo_fixtures.preflight import Preflight, run_preflight
 from colo_fixtures.qemu import QemuError
 from colo_fixtures.settings import KNOBS, Settings, SettingsError, load_settings
 from colo_fixtures.topology import Topology, local_topology
@@ -52,13 +53,14 @@ RUN_ID = uuid.uuid4().hex[:6]
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("colo", "COLO harness (also from COLO_* environment and colo_* ini)")
     for knob in KNOBS:
+        env = " or ".join((knob.env, *knob.env_aliases))
         if knob.flag:
             group.addoption(knob.option, action="store_true", default=None, dest=knob.name,
-                            help=f"{knob.help} [env {knob.env}]")
+                            help=f"{knob.help} [env {env}]")
         else:
             default = f"; default {knob.default}" if knob.default else ""
             group.addoption(knob.option, dest=knob.name, metavar=knob.metavar, default=None,
-                            help=f"{knob.help} [env {knob.env}, ini {knob.ini}{default}]")
+                            help=f"{knob.help} [env {env}, ini {knob.ini}{default}]")
         parser.addini(knob.ini, knob.help, default=None)
 
 
@@ -302,6 +304,31 @@ def colo(start_colo: Callable[..., ColoLab], colo_settings: Settings) -> ColoLab
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     mark_known_issues(items)
+
+
+PREFLIGHT_KEY = pytest.StashKey[Preflight]()
+PREFLIGHT_MARKERS = ("rdma", "paxos")
+
+
+def _preflight(config: pytest.Config) -> Preflight:
+    if PREFLIGHT_KEY not in config.stash:
+        s = config.stash[SETTINGS_KEY]
+        config.stash[PREFLIGHT_KEY] = run_preflight(s.vmft_root, s.python2, s.rdma_device)
+    return config.stash[PREFLIGHT_KEY]
+
+
+@pytest.fixture(scope="session")
+def preflight(pytestconfig: pytest.Config) -> Preflight:
+    """What this host has for vm-ft (RDMA port 2, ifb, mirred, plug, Python 2, libraries)."""
+    return _preflight(pytestconfig)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Tests marked ``rdma`` or ``paxos`` skip, before any fixture, with the preflight's
+    one line per missing item."""
+    scopes = [name for name in PREFLIGHT_MARKERS if item.get_closest_marker(name)]
+    if scopes and (reason := _preflight(item.config).skip_reason(scopes)):
+        pytest.skip(reason)
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

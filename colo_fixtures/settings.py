@@ -92,6 +92,22 @@ def _patterns(value: str) -> tuple[str, ...]:
     return patterns
 
 
+def _flags(value: str) -> tuple[str, ...]:
+    """Whitespace-separated compiler or configure flags, each starting with '-'."""
+    words = tuple(value.split())
+    bad = [w for w in words if not w.startswith("-")]
+    if bad:
+        raise ValueError(f"{', '.join(map(repr, bad))} is not a flag (flags start with '-'; "
+                         "separate several with spaces)")
+    return words
+
+
+def _word(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_.:-]+", value):
+        raise ValueError(f"{value!r} is not a device name (letters, digits, _ . : -)")
+    return value
+
+
 def _bool(value: str) -> bool:
     lowered = value.strip().lower()
     if lowered in ("1", "true", "yes", "on"):
@@ -111,6 +127,7 @@ class Knob:
     help: str
     metavar: str = "VALUE"
     flag: bool = False
+    env_aliases: tuple[str, ...] = ()  # further environment names, after ``env``
 
     @property
     def option(self) -> str:
@@ -123,6 +140,13 @@ class Knob:
     @property
     def env(self) -> str:
         return "COLO_" + self.name.upper()
+
+    def from_env(self, env: Mapping[str, str]) -> tuple[str, str] | None:
+        """(value, variable) of the first of ``env`` and ``env_aliases`` that is set."""
+        for name in (self.env, *self.env_aliases):
+            if env.get(name):
+                return env[name], name
+        return None
 
 
 KNOBS: tuple[Knob, ...] = (
@@ -157,6 +181,20 @@ KNOBS: tuple[Knob, ...] = (
     Knob("wait_timeout", _float_range(1, 3600), "60",
          "seconds any single wait (boot, QMP, COLO state) may take before it is diagnosed",
          "SECONDS"),
+    Knob("vmft_root", _existing_dir, None,
+         "a vm-ft checkout (qemu/, rdma-paxos/) to build and run the vm-ft suites against",
+         "DIR", env_aliases=("VMFT_ROOT",)),
+    Knob("vmft_patches", _existing_dir, None,
+         "the lab's patch directory for its vm-ft tree, applied to a copy, never in place",
+         "DIR"),
+    Knob("vmft_cflags", _flags, "-fcommon",
+         "extra C flags for rdma-paxos and the vm-ft QEMU (-fcommon: gcc >= 10)", "FLAGS"),
+    Knob("vmft_configure", _flags, "--disable-guest-agent",
+         "extra flags for the vm-ft QEMU's configure, after the seed's", "FLAGS"),
+    Knob("python2", _existing_file, None,
+         "Python 2 for QEMU 2.5's configure (default: python2 or python2.7 on PATH)", "PATH"),
+    Knob("rdma_device", _word, None,
+         "the RDMA device vm-ft uses (default: the first under /sys/class/infiniband)", "NAME"),
 )
 
 
@@ -178,6 +216,12 @@ class Settings:
     colo_trace: tuple[str, ...] = ()
     colo_cycles: int = 3
     wait_timeout: float = 60.0
+    vmft_root: Path | None = None
+    vmft_patches: Path | None = None
+    vmft_cflags: tuple[str, ...] = ("-fcommon",)
+    vmft_configure: tuple[str, ...] = ("--disable-guest-agent",)
+    python2: Path | None = None
+    rdma_device: str | None = None
 
     def describe(self) -> dict[str, str]:
         """Settings as strings, for reports."""
@@ -201,8 +245,8 @@ def load_settings(
             cli_value = None
         if cli_value is not None:
             raw, source = str(cli_value), knob.option
-        elif env.get(knob.env):
-            raw, source = env[knob.env], f"${knob.env}"
+        elif (found := knob.from_env(env)) is not None:
+            raw, source = found[0], f"${found[1]}"
         elif ini.get(knob.name):
             raw, source = str(ini[knob.name]), f"ini {knob.ini}"
         elif knob.default is not None:

@@ -7,6 +7,11 @@ on this machine (see ``colo_fixtures.net.LocalLab``)::
                               └─ xsec ══ ext0 ── sec: br0    tap0 (enslaved at failover)
     pri: rep0 (10.22.x.2/24) ══════════════════ sec: rep0 (10.22.x.3/24)
 
+With a sentinel (vm-ft's witness, ``local_topology(sentinel=True)``) the replication
+network has three hosts, so it becomes a switch: a bridge ``brr`` in the client namespace
+(no address there) joins each host's ``rep0`` (pri .2, sec .3, snt .4) through veths
+``rpri``/``rsec``/``rsnt``. The sentinel has br0/tap0 like the others but no external link.
+
 Per-xdist-worker isolation: the worker index ``n`` (0 for ``master`` and ``gw0``) offsets
 the replication subnet (10.22.{1+n}.0/24, so worker 0 uses the seed's 10.22.1.2/.3), the
 external subnet (192.168.{100+n}.0/24), every port (base + 10*n) and the last byte of the
@@ -19,9 +24,9 @@ from __future__ import annotations
 import ipaddress
 import re
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-ROLES = ("primary", "secondary", "client")
+ROLES = ("primary", "secondary", "sentinel", "client")
 MAX_WORKERS = 100
 IFNAMSIZ = 15  # the kernel's interface-name limit, without the NUL
 PORT_STEP = 10
@@ -53,7 +58,7 @@ class Ports:
 class HostSpec:
     """One lab host: its namespace and the names and addresses of its interfaces."""
 
-    role: str  # "primary" | "secondary" | "client"
+    role: str  # "primary" | "secondary" | "sentinel" | "client"
     netns: str  # namespace name
     bridge: str  # "br0" (the VM's bridge on the host); client: the external bridge "brx"
     tap: str | None  # "tap0" on primary/secondary, None on client
@@ -62,6 +67,7 @@ class HostSpec:
     ext_if: str | None  # this host's veth end on the external network, enslaved to br0
     ifb: str | None  # "ifb0" on the primary only (the seed's redirection), else None
     ext_peer: str | None = None  # the client-side end of ext_if ("xpri"/"xsec"), on brx
+    rep_peer: str | None = None  # with a replication switch: rep_if's end on it ("rpri")
 
     def interfaces(self) -> tuple[str, ...]:
         """Every interface name this host gets (besides lo)."""
@@ -81,6 +87,7 @@ class Topology:
     vm_addr: str  # "192.168.100.10", the protected VM's address
     vm_mac: str  # the seed's "52:a4:00:12:78:66", last byte varied per worker
     ports: Ports
+    rep_switch: str | None = None  # bridge in the client namespace joining 3+ rep links
 
     @property
     def primary(self) -> HostSpec:
@@ -95,6 +102,14 @@ class Topology:
         return self.hosts["client"]
 
     @property
+    def sentinel(self) -> HostSpec | None:
+        return self.hosts.get("sentinel")
+
+    def replication_hosts(self) -> tuple[HostSpec, ...]:
+        """Hosts on the replication network, in role order."""
+        return tuple(self.hosts[r] for r in ROLES if r in self.hosts and self.hosts[r].rep_if)
+
+    @property
     def ext_prefix(self) -> int:
         return ipaddress.ip_network(self.ext_subnet).prefixlen
 
@@ -106,8 +121,8 @@ class Topology:
             raise ValueError(f"unknown role {role!r}: expected one of {', '.join(ROLES)}") from None
 
     def namespaces(self) -> tuple[str, ...]:
-        """Namespace names in role order (primary, secondary, client)."""
-        return tuple(self.hosts[role].netns for role in ROLES)
+        """Namespace names in role order (primary, secondary, [sentinel,] client)."""
+        return tuple(self.hosts[role].netns for role in ROLES if role in self.hosts)
 
 
 def worker_index(worker_id: str) -> int:
@@ -132,8 +147,10 @@ def run_tag(run_id: str | None, n: int) -> str:
     return f"{digits[:6]}{n}"
 
 
-def local_topology(worker_id: str = "master", run_id: str | None = None) -> Topology:
-    """The embedded default lab for one xdist worker of one run (see the module docstring)."""
+def local_topology(worker_id: str = "master", run_id: str | None = None,
+                   sentinel: bool = False) -> Topology:
+    """The embedded default lab for one xdist worker of one run (see the module docstring);
+    ``sentinel`` adds vm-ft's third host and turns the replication link into a switch."""
     n = worker_index(worker_id)
     tag = run_tag(run_id, n)
     rep_net = f"10.22.{1 + n}"
@@ -154,6 +171,15 @@ def local_topology(worker_id: str = "master", run_id: str | None = None) -> Topo
             rep_if=None, rep_addr=None, ext_if=None, ifb=None,
         ),
     }
+    switch = None
+    if sentinel:
+        hosts["sentinel"] = HostSpec(
+            role="sentinel", netns=f"colo-{tag}-snt", bridge="br0", tap="tap0",
+            rep_if="rep0", rep_addr=f"{rep_net}.4", ext_if=None, ifb=None,
+        )
+        switch = "brr"
+        for role, short in (("primary", "pri"), ("secondary", "sec"), ("sentinel", "snt")):
+            hosts[role] = replace(hosts[role], rep_peer=f"r{short}")
     topo = Topology(
         run_tag=tag,
         hosts=hosts,
@@ -163,6 +189,7 @@ def local_topology(worker_id: str = "master", run_id: str | None = None) -> Topo
         vm_addr=f"{ext_net}.10",
         vm_mac=f"{SEED_MAC[:-2]}{int(SEED_MAC[-2:], 16) + n:02x}",
         ports=Ports().offset(n),
+        rep_switch=switch,
     )
     _check_names(topo)
     return topo
@@ -171,6 +198,6 @@ def local_topology(worker_id: str = "master", run_id: str | None = None) -> Topo
 def _check_names(topo: Topology) -> None:
     """Interface names must fit the kernel's limit; fail early with the offending name."""
     for host in topo.hosts.values():
-        for name in (*host.interfaces(), host.ext_peer):
+        for name in (*host.interfaces(), host.ext_peer, host.rep_peer):
             if name is not None and len(name) > IFNAMSIZ:
                 raise ValueError(f"interface name {name!r} is longer than {IFNAMSIZ} characters")

@@ -29,7 +29,7 @@ from colo_fixtures.net import (
     ns_socket,
     read_ledger,
 )
-from colo_fixtures.topology import Topology, local_topology
+from colo_fixtures.topology import HostSpec, Topology, local_topology
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or not os.path.exists("/dev/net/tun"),
@@ -452,3 +452,51 @@ def test_lab_methods_on_a_destroyed_lab_fail_clearly() -> None:
     with pytest.raises(LabError, match="does not exist"):
         ns_socket(topo.primary.netns)
     assert not netns_exists(topo.primary.netns), "a lookup must never create the namespace"
+
+
+# ---------------------------------------------------------------- three hosts (vm-ft)
+
+
+def _tcp_roundtrip(src: HostSpec, dst: HostSpec, port: int) -> str:
+    """Connect src -> dst over the replication network; the source address dst saw."""
+    with ns_socket(dst.netns) as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((dst.rep_addr, port))
+        listener.listen(1)
+        listener.settimeout(5)
+        with connect_in_ns(src.netns, str(dst.rep_addr), port, timeout=5) as client:
+            server, peer = listener.accept()
+            with server:
+                client.sendall(b"paxos")
+                server.settimeout(5)
+                assert server.recv(16) == b"paxos"
+            return peer[0]
+
+
+def test_three_hosts_share_a_replication_switch(tmp_path: Path) -> None:
+    topo = local_topology(os.environ.get("PYTEST_XDIST_WORKER", "master"), uuid.uuid4().hex,
+                          sentinel=True)
+    ledger = tmp_path / "ledger.jsonl"
+    lab = LocalLab(topo, ledger=ledger)
+    try:
+        with lab:
+            snt = topo.sentinel
+            assert snt is not None and netns_exists(snt.netns)
+            cli_links = _links(topo.client.netns)
+            switch = cli_links["brr"]["index"]
+            for peer in ("rpri", "rsec", "rsnt"):
+                assert cli_links[peer].get_attr("IFLA_MASTER") == switch
+            with IPRoute(netns=topo.client.netns, flags=0) as ipr:
+                assert ipr.get_addr(index=switch) == (), "the switch must carry no address"
+            hosts = topo.replication_hosts()
+            assert [h.role for h in hosts] == ["primary", "secondary", "sentinel"]
+            for src in hosts:
+                for dst in hosts:
+                    if src is not dst:
+                        assert _tcp_roundtrip(src, dst, topo.ports.migration) == src.rep_addr
+            with pytest.raises(LabError):  # the client still cannot reach replication
+                connect_in_ns(topo.client.netns, str(snt.rep_addr), 1, timeout=0.3)
+        _assert_gone(topo)
+        assert read_ledger(ledger) == []
+    finally:
+        lab.destroy()

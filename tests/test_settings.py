@@ -54,6 +54,10 @@ def test_flag_from_env_and_cli():
     ({"inventory": "/tmp/lab.toml"}, {}, "lab hosts over SSH are not supported yet"),
     ({}, {"COLO_KEEP_ON_FAILURE": "maybe"}, "'maybe' is not a boolean"),
     ({"colo_trace": "colo*,rm -rf"}, {}, "--colo-trace: 'rm -rf' is not a trace event pattern"),
+    ({}, {"VMFT_ROOT": "/nonexistent"}, "$VMFT_ROOT: no such directory: /nonexistent"),
+    ({"vmft_cflags": "-fcommon O2"}, {}, "--vmft-cflags: 'O2' is not a flag"),
+    ({"rdma_device": "mlx5_0;reboot"}, {}, "--rdma-device: 'mlx5_0;reboot' is not a device name"),
+    ({"python2": "/nonexistent/python2"}, {}, "--python2: no such file"),
 ])
 def test_bad_values_are_one_line_errors(cli, env, expected):
     with pytest.raises(SettingsError) as info:
@@ -61,6 +65,18 @@ def test_bad_values_are_one_line_errors(cli, env, expected):
     message = str(info.value)
     assert expected in message
     assert "\n" not in message
+
+
+def test_vmft_root_from_vmft_root_or_colo_variable(tmp_path: Path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    assert load_settings(NO_CLI, NO_INI, {"VMFT_ROOT": str(a)}).vmft_root == a
+    both = {"VMFT_ROOT": str(a), "COLO_VMFT_ROOT": str(b)}
+    assert load_settings(NO_CLI, NO_INI, both).vmft_root == b
+    assert load_settings({"vmft_root": str(a)}, NO_INI, both).vmft_root == a
+    settings = load_settings({"vmft_cflags": " -fcommon  -O1 "}, NO_INI, {})
+    assert settings.vmft_cflags == ("-fcommon", "-O1")
+    assert load_settings(NO_CLI, NO_INI, {}).vmft_cflags == ("-fcommon",)
 
 
 def test_binary_and_source_are_exclusive(tmp_path: Path):

@@ -36,7 +36,8 @@ def test_interface_names_fit_the_kernel_limit(worker: str) -> None:
 def test_roles_and_names() -> None:
     topo = local_topology("gw3", "abcdef0123")
     assert topo.run_tag == "abcdef3"
-    assert set(topo.hosts) == set(ROLES)
+    assert set(topo.hosts) == set(ROLES) - {"sentinel"}
+    assert topo.sentinel is None and topo.rep_switch is None
     assert topo.namespaces() == ("colo-abcdef3-pri", "colo-abcdef3-sec", "colo-abcdef3-cli")
     pri, sec, cli = topo.primary, topo.secondary, topo.client
     assert (pri.tap, pri.bridge, pri.rep_if, pri.ext_if, pri.ifb) == (
@@ -161,5 +162,22 @@ def test_topology_is_frozen() -> None:
 
 
 def test_unknown_role() -> None:
-    with pytest.raises(ValueError, match="unknown role"):
-        local_topology().host("sentinel")
+    with pytest.raises(ValueError, match="unknown role 'witness': expected one of primary, "
+                                         "secondary, sentinel, client"):
+        local_topology().host("witness")
+    with pytest.raises(ValueError, match="unknown role 'sentinel'"):
+        local_topology().host("sentinel")  # only with sentinel=True
+
+
+def test_three_hosts_for_vm_ft() -> None:
+    topo = local_topology("gw1", "abcdef0123", sentinel=True)
+    assert set(topo.hosts) == set(ROLES)
+    assert topo.namespaces() == ("colo-abcdef1-pri", "colo-abcdef1-sec", "colo-abcdef1-snt",
+                                 "colo-abcdef1-cli")
+    snt = topo.host("sentinel")
+    assert (snt.rep_if, snt.rep_addr, snt.ext_if, snt.ifb, snt.tap) == (
+        "rep0", "10.22.2.4", None, None, "tap0")
+    assert topo.rep_switch == "brr"
+    assert [(h.role, h.rep_addr, h.rep_peer) for h in topo.replication_hosts()] == [
+        ("primary", "10.22.2.2", "rpri"), ("secondary", "10.22.2.3", "rsec"),
+        ("sentinel", "10.22.2.4", "rsnt")]
