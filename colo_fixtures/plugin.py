@@ -26,7 +26,7 @@ from colo_fixtures.colo import ColoPair, VmConfig
 from colo_fixtures.disks import scratch_root
 from colo_fixtures.faults import Faults
 from colo_fixtures.guest import AGENT_PORT, AgentClient, GuestImage, build_guest, kernel_cmdline
-from colo_fixtures.hosts import LocalNamespaceHost
+from colo_fixtures.hosts import Host, LocalNamespaceHost
 from colo_fixtures.known_issues import known_log_message, mark_known_issues
 from colo_fixtures.logscan import Finding, scan
 from colo_fixtures.net import LocalLab, connect_in_ns
@@ -34,6 +34,9 @@ from colo_fixtures.preflight import Preflight, run_preflight
 from colo_fixtures.qemu import QemuError
 from colo_fixtures.settings import KNOBS, Settings, SettingsError, load_settings
 from colo_fixtures.topology import Topology, local_topology
+from colo_fixtures.vmft import VmftVm
+from colo_fixtures.vmft_build import VmftBuild, build_vmft
+from colo_fixtures.vmft_group import VmftGroup
 from colo_fixtures.workload import History, Workload
 
 MARKERS = {
@@ -276,6 +279,52 @@ def start_colo(request: pytest.FixtureRequest, colo_settings: Settings, qemu_bui
         pytest.fail("log analyzer: " + "; ".join(map(str, findings[:5])), pytrace=False)
 
 
+@pytest.fixture(scope="session")
+def vmft_build(colo_settings: Settings) -> VmftBuild:
+    """The lab's vm-ft tree built (rdma-paxos, then its QEMU), cached by content hash."""
+    s = colo_settings
+    if s.vmft_root is None:
+        pytest.skip("no vm-ft tree: pass --vmft-root DIR or set VMFT_ROOT")
+    try:
+        build = build_vmft(s.vmft_root, s.cache_dir, s.vmft_patches, s.vmft_cflags,
+                           s.vmft_configure, s.python2)
+    except BuildError as exc:
+        if exc.log:
+            report.attach_file(exc.log, "vm-ft build log")
+        pytest.fail(f"vm-ft build failed: {exc}", pytrace=False)
+    report.environment(vmft_root=s.vmft_root, vmft_build_key=build.key,
+                       vmft_patches=",".join(build.patches) or "none")
+    return build
+
+
+@pytest.fixture
+def vmft_group(colo_settings: Settings, vmft_build: VmftBuild, guest_image: GuestImage,
+               accel: str, artifacts: Path, worker_id_safe: str) -> Iterator[VmftGroup]:
+    """Three vm-ft nodes (primary, secondary, sentinel) on a three-host lab, Paxos leader
+    elected; the test starts COLO. Every node is stopped and the lab removed afterwards."""
+    s = colo_settings
+    topo = local_topology(worker_id_safe, RUN_ID, sentinel=True)
+    vm = VmftVm(image=Path("/dev/null"), memory_mib=s.guest_memory, mac=topo.vm_mac,
+                accel=accel, kernel=guest_image.kernel, initrd=guest_image.initrd,
+                append=kernel_cmdline(f"{topo.vm_addr}/24", AGENT_PORT))
+    with LocalLab(topo, ledger=artifacts / "ledger.jsonl"):
+        run_dir = Path(tempfile.mkdtemp(prefix=f"vmft-{topo.run_tag}-", dir=scratch_root()))
+        hosts: dict[str, Host] = {role: LocalNamespaceHost(spec.netns, role, spec.netns)
+                                  for role, spec in topo.hosts.items()}
+        group = VmftGroup(vmft_build, vm, topo, hosts, run_dir, artifacts, s.wait_timeout)
+        try:
+            group.start_nodes()
+            group.wait_leader()
+            yield group
+        finally:
+            group.stop()
+            for node in group.nodes.values():
+                if node.dare_log.exists():
+                    shutil.copy2(node.dare_log, artifacts / f"{node.role}-dare.log")
+            report.attach_run(artifacts)
+            shutil.rmtree(run_dir, ignore_errors=True)
+
+
 def _collect_evidence(colo: ColoLab, artifacts: Path) -> list[Finding]:
     """Stop the clients, save the history, and scan every log (before the QEMUs stop:
     tearing one side down makes the other report I/O errors)."""
@@ -323,6 +372,7 @@ def preflight(pytestconfig: pytest.Config) -> Preflight:
     return _preflight(pytestconfig)
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
     """Tests marked ``rdma`` or ``paxos`` skip, before any fixture, with the preflight's
     one line per missing item."""

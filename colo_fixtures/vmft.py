@@ -45,6 +45,9 @@ class VmftVm:
     smp: int = 2
     mac: str = "52:a4:00:12:78:66"
     accel: str = "kvm"
+    kernel: Path | None = None  # direct kernel boot (the harness's tiny guest); else -boot c
+    initrd: Path | None = None
+    append: str = ""
 
 
 @dataclass(frozen=True)
@@ -73,7 +76,11 @@ def vmft_env(role: str, library_dir: Path, dare_log: Path, group_size: int = 3,
 
 def _common(binary: Path, firmware: Path, role: str, vm: VmftVm) -> list[str]:
     accel = ["-enable-kvm"] if vm.accel == "kvm" else ["-machine", "accel=tcg"]
-    return [str(binary), "-L", str(firmware), "-name", role, *accel, "-boot", "c",
+    boot = ["-boot", "c"]
+    if vm.kernel is not None:
+        boot = ["-kernel", str(vm.kernel), "-append", vm.append]
+        boot += ["-initrd", str(vm.initrd)] if vm.initrd is not None else []
+    return [str(binary), "-L", str(firmware), "-name", role, *accel, *boot,
             "-m", str(vm.memory_mib), "-smp", str(vm.smp), "-cpu", "qemu64,+kvmclock",
             "-device", "piix3-usb-uhci", "-global", "kvm-apic.vapic=false"]
 
@@ -121,7 +128,7 @@ def secondary_argv(binary: Path, firmware: Path, vm: VmftVm, host: HostSpec,
 def sentinel_argv(binary: Path, firmware: Path, vm: VmftVm) -> list[str]:
     """The witness: the vm-ft QEMU only hosts its DARE node (index 0); no guest devices,
     paused, small."""
-    small = VmftVm(image=vm.image, memory_mib=128, smp=1, accel=vm.accel)
+    small = VmftVm(image=vm.image, memory_mib=128, smp=1, accel=vm.accel, kernel=None)
     return [*_common(binary, firmware, "sentinel", small), "-S"]
 
 

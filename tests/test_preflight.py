@@ -106,3 +106,18 @@ def test_doctor_reports_missing_items_and_exit_codes():
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and bad.stdout == ""
     assert bad.stderr.startswith("doctor: error: --vmft-root: no such directory: /nope")
+
+
+def test_rdma_suites_skip_with_the_preflight_reason_before_any_build():
+    preflight = run_preflight()
+    reason = preflight.skip_reason(["rdma"])
+    if reason is None:
+        pytest.skip("this host has an RDMA device: the rdma suites would run")
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "suites/", "-m", "rdma", "-q", "-rs", "-p",
+         "no:cacheprovider", "--report-dir", "/tmp/colo-preflight-report"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout[-2000:]
+    assert " skipped" in result.stdout and " passed" not in result.stdout
+    assert "error" not in result.stdout.splitlines()[-1]
+    assert "vm-ft preflight: rdma device: no RDMA device under" in result.stdout

@@ -197,3 +197,18 @@ def test_colo_start_steps_follow_the_seed():
         "file.host=10.22.1.3,file.port=8889,file.export=colo-disk0,node-name=node0")
     assert steps[5][2] == {"x-checkpoint-delay": 20000}
     assert steps[6][2] == {"uri": "tcp:10.22.1.3:8888"}
+
+
+def test_direct_kernel_boot_of_the_harness_guest(tmp_path):
+    topo = local_topology("master", "abcdef0123", sentinel=True)
+    vm = VmftVm(image=Path("/img/p.raw"), kernel=Path("/g/vmlinuz"), initrd=Path("/g/initrd"),
+                append="console=ttyS0", accel="tcg")
+    primary = vmft_node("primary", tmp_path, BINARY, FIRMWARE, LIBS, vm, topo.primary,
+                        topo.ports)
+    argv = primary.argv
+    assert argv[argv.index("-kernel"):argv.index("-kernel") + 6] == [
+        "-kernel", "/g/vmlinuz", "-append", "console=ttyS0", "-initrd", "/g/initrd"]
+    assert "-boot" not in argv and argv[5:7] == ["-machine", "accel=tcg"]
+    sentinel = vmft_node("sentinel", tmp_path, BINARY, FIRMWARE, LIBS, vm, topo.host("sentinel"),
+                         topo.ports)
+    assert "-kernel" not in sentinel.argv and "-boot" in sentinel.argv
