@@ -45,18 +45,23 @@ class VmConfig:
     runtime_trace: tuple[str, ...] = ()  # enabled through QMP once QEMU answers
 
 
-def common_argv(vm: VmConfig, name: str, host: HostSpec) -> list[str]:
-    """Machine, guest and NIC arguments identical on both sides (migration requires it)."""
+def machine_argv(vm: VmConfig, name: str) -> list[str]:
+    """Machine, guest kernel and trace arguments, without devices."""
     argv = [str(vm.binary), *vm.firmware_args, "-name", name, "-nodefaults",
             "-accel", vm.accel, "-machine", "pc", "-cpu", "qemu64", "-smp", "1",
             "-m", str(vm.memory_mib),
-            "-kernel", str(vm.kernel), "-initrd", str(vm.initrd), "-append", vm.cmdline,
-            "-netdev", f"tap,id=hn0,ifname={host.tap},script=no,downscript=no,"
-                       "vhost=off,vnet_hdr=off",
-            "-device", f"virtio-net-pci,id=e0,netdev=hn0,mac={vm.mac},romfile="]
+            "-kernel", str(vm.kernel), "-initrd", str(vm.initrd), "-append", vm.cmdline]
     for pattern in vm.trace_patterns:
         argv += ["-trace", f"enable={pattern}"]
     return argv
+
+
+def common_argv(vm: VmConfig, name: str, host: HostSpec) -> list[str]:
+    """Machine, guest and NIC arguments identical on both sides (migration requires it)."""
+    return [*machine_argv(vm, name),
+            "-netdev", f"tap,id=hn0,ifname={host.tap},script=no,downscript=no,"
+                       "vhost=off,vnet_hdr=off",
+            "-device", f"virtio-net-pci,id=e0,netdev=hn0,mac={vm.mac},romfile="]
 
 
 def proxy_chardevs(rep_addr: str, ports: Ports) -> dict[str, dict[str, Any]]:

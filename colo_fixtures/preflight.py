@@ -14,6 +14,7 @@ a ``plug`` qdisc, and removes the namespace again. ``rdma`` tests need only the 
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,3 +138,22 @@ def run_preflight(vmft_root: Path | None = None, python2: Path | None = None,
     """Every check, in the order a lab engineer would fix them."""
     return Preflight((check_rdma(rdma_device), *check_traffic_control(), check_python2(python2),
                       check_headers(), check_vmft_tree(vmft_root)))
+
+
+def rdma_address(device: str | None, sys_dir: Path = SYS_INFINIBAND) -> tuple[str, str]:
+    """(device, IPv4 address) of the RDMA device's network interface (IPoIB or RoCE), which
+    an ``rdma:`` migration URI needs; ValueError saying what is missing."""
+    from pyroute2 import IPRoute
+
+    devices = sorted(p.name for p in sys_dir.iterdir()) if sys_dir.is_dir() else []
+    chosen = device or (devices[0] if devices else None)
+    if chosen is None or chosen not in devices:
+        raise ValueError(f"RDMA device {chosen or '(none)'} not under {sys_dir}")
+    netdevs = sorted(p.name for p in (sys_dir / chosen / "device" / "net").glob("*"))
+    with IPRoute() as ipr:
+        for name in netdevs:
+            for index in ipr.link_lookup(ifname=name):
+                for addr in ipr.get_addr(index=index, family=socket.AF_INET):
+                    return chosen, addr.get_attr("IFA_ADDRESS")
+    raise ValueError(f"{chosen}'s network interface ({', '.join(netdevs) or 'none found'}) has "
+                     "no IPv4 address: give its IPoIB/RoCE interface one for rdma: migration")

@@ -189,3 +189,60 @@ def check_protocol(records: list[TraceRecord], side: str) -> ProtocolReport:
 def _violation(side: str, record: TraceRecord, token: str, expected: str) -> ProtocolViolation:
     return ProtocolViolation(f"{side}: {token} at {record.timestamp:.6f} ({record.name} "
                              f"{record.message!r}) where {expected} was due")
+
+
+# ------------------------------------------------------------------ rdma: migration
+
+# The milestones of an ``rdma:`` migration in QEMU's qemu_rdma_* trace events, in order.
+RDMA_MILESTONES = {
+    "source": ("qemu_rdma_resolve_host_trying", "qemu_rdma_registration_start",
+               "qemu_rdma_registration_stop"),
+    "destination": ("qemu_rdma_dest_init_trying", "qemu_rdma_accept_incoming_migration",
+                    "qemu_rdma_accept_incoming_migration_accepted",
+                    "qemu_rdma_registration_handle_ram_blocks",
+                    "qemu_rdma_registration_handle_finished"),
+}
+
+
+@dataclass(frozen=True)
+class RdmaReport:
+    side: str
+    events: int  # qemu_rdma_* records
+    rounds: int  # registration start/stop pairs (source) or finished handshakes (destination)
+
+
+def check_rdma_migration(records: list[TraceRecord], side: str) -> RdmaReport:
+    """Walk one side's qemu_rdma_* events: every milestone of ``side`` in order and, on the
+    source, registration start and stop strictly alternating (one pair per RAM round).
+    Raise ProtocolViolation naming the first missing or out-of-order event."""
+    if side not in RDMA_MILESTONES:
+        raise ValueError(f"unknown side {side!r}: expected source or destination")
+    rdma = [r for r in records if r.name.startswith("qemu_rdma_")]
+    milestones = RDMA_MILESTONES[side]
+    reached = 0
+    for record in rdma:
+        if reached < len(milestones) and record.name == milestones[reached]:
+            reached += 1
+    if reached < len(milestones):
+        seen = ", ".join(dict.fromkeys(r.name for r in rdma)) or "no qemu_rdma_* event"
+        raise ProtocolViolation(f"{side}: rdma migration never reached {milestones[reached]} "
+                                f"after {milestones[reached - 1] if reached else 'the start'}"
+                                f" (seen: {seen[:300]})")
+    if side == "destination":
+        finished = sum(r.name == "qemu_rdma_registration_handle_finished" for r in rdma)
+        return RdmaReport(side, len(rdma), finished)
+    open_round: TraceRecord | None = None
+    rounds = 0
+    for record in rdma:
+        if record.name == "qemu_rdma_registration_start":
+            if open_round is not None:
+                raise _violation(side, record, "registration_start", "registration_stop")
+            open_round = record
+        elif record.name == "qemu_rdma_registration_stop":
+            if open_round is None:
+                raise _violation(side, record, "registration_stop", "registration_start")
+            open_round, rounds = None, rounds + 1
+    if open_round is not None:
+        raise ProtocolViolation(f"{side}: registration_start at {open_round.timestamp:.6f} "
+                                "never stopped: the migration did not finish")
+    return RdmaReport(side, len(rdma), rounds)

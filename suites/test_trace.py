@@ -8,11 +8,22 @@ require → active → completed; the first event out of order fails the test.
 
 from __future__ import annotations
 
+import json
+import shutil
+import socket
+import tempfile
+import time
+from pathlib import Path
+
 import allure
 import pytest
 
-from colo_fixtures.qemu import QemuError
-from colo_fixtures.trace import check_protocol, read_trace
+from colo_fixtures.colo import VmConfig, machine_argv
+from colo_fixtures.disks import scratch_root
+from colo_fixtures.guest import AGENT_PORT, kernel_cmdline
+from colo_fixtures.preflight import rdma_address
+from colo_fixtures.qemu import QemuError, QemuProcess
+from colo_fixtures.trace import check_protocol, check_rdma_migration, read_trace
 
 pytestmark = [pytest.mark.colo, pytest.mark.trace, allure.epic("COLO"), allure.feature("trace")]
 
@@ -71,3 +82,63 @@ def test_failover_state_machine(start_colo):
     colo.write_metrics("failover-protocol", vars(report))
     assert report.failover == ("require", "active", "completed")
     assert report.checkpoints >= 2
+
+
+def _wait(condition, what: str, timeout: float, *processes: QemuProcess) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline or not all(p.alive() for p in processes):
+            raise QemuError(f"{what} not within {timeout:g}s\n"
+                            + "\n".join(p.diagnosis() for p in processes))
+        time.sleep(0.2)
+
+
+@pytest.mark.rdma
+@allure.story("an rdma: migration walks the qemu_rdma_* sequence")
+def test_rdma_migration_trace(qemu_build, guest_image, accel, artifacts, colo_settings):
+    """The seed's debug step for real: migrate the guest over ``rdma:`` on this host's RDMA
+    device with ``qemu_rdma*`` traced on both sides; both sides' events must follow the
+    RDMA protocol and the guest must run on the destination."""
+    s = colo_settings
+    try:
+        device, address = rdma_address(s.rdma_device)
+    except ValueError as exc:
+        pytest.skip(str(exc))
+    vm = VmConfig(qemu_build.binary, tuple(qemu_build.firmware_args()), accel, s.guest_memory,
+                  guest_image.kernel, guest_image.initrd,
+                  kernel_cmdline("10.0.2.15/24", AGENT_PORT), "52:54:00:12:34:56",
+                  trace_patterns=("qemu_rdma*",))
+    with socket.socket() as probe:  # a free TCP port number for the RDMA CM listener
+        probe.bind((address, 0))
+        port = probe.getsockname()[1]
+    uri = f"rdma:{address}:{port}"
+    sockdir = Path(tempfile.mkdtemp(prefix="colo-rdma-", dir=scratch_root()))
+    destination = QemuProcess("rdma-destination",
+                              [*machine_argv(vm, "rdma-destination"), "-incoming", uri],
+                              artifacts, sockdir)
+    source = QemuProcess("rdma-source", machine_argv(vm, "rdma-source"), artifacts, sockdir)
+    try:
+        for process in (destination, source):
+            process.start()
+            process.connect(s.wait_timeout)
+        _wait(lambda: source.console_has("colo-agent: ready"), "guest boot", s.wait_timeout * 2,
+              source)
+        started = time.monotonic()
+        source.qmp("migrate", uri=uri)
+        _wait(lambda: source.qmp("query-migrate").get("status") in ("completed", "failed"),
+              "rdma migration", s.wait_timeout, source, destination)
+        status = source.qmp("query-migrate")
+        assert status["status"] == "completed", f"rdma migration: {status}"
+        seconds = time.monotonic() - started
+        assert destination.qmp("query-status")["status"] == "running"
+    finally:
+        for process in (source, destination):
+            process.stop()
+        shutil.rmtree(sockdir, ignore_errors=True)
+    sides = {side: check_rdma_migration(read_trace(process.trace_log), side)
+             for side, process in (("source", source), ("destination", destination))}
+    figures = {"device": device, "uri": uri, "seconds": round(seconds, 3),
+               **{side: vars(report) for side, report in sides.items()}}
+    (artifacts / "rdma-migration.json").write_text(json.dumps(figures, indent=2) + "\n")
+    allure.attach(json.dumps(figures, indent=2), "rdma migration", allure.attachment_type.JSON)
+    assert sides["source"].rounds >= 1 and sides["destination"].rounds >= 1

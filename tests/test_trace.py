@@ -8,6 +8,7 @@ from colo_fixtures.colo import describe_stall
 from colo_fixtures.trace import (
     ProtocolViolation,
     check_protocol,
+    check_rdma_migration,
     checkpoints,
     colo_message,
     intervals,
@@ -135,3 +136,54 @@ def test_message_after_failover_and_failover_out_of_order_are_violations():
     skipped = SECONDARY.replace("new state active", "new state completed", 1)
     with pytest.raises(ProtocolViolation, match="where failover:active was due"):
         check_protocol(parse_trace(skipped), "secondary")
+
+
+# An rdma: migration as QEMU 7.2's log backend prints the qemu_rdma_* events.
+RDMA_SOURCE = """\
+900@1700000100.000100:qemu_rdma_resolve_host_trying Trying 10.0.0.2 => 10.0.0.2
+900@1700000100.000900:qemu_rdma_registration_start 0
+900@1700000100.001000:qemu_rdma_registration_stop 0
+900@1700000100.050000:qemu_rdma_write_flush sent total: 32
+900@1700000100.060000:qemu_rdma_registration_start 16
+900@1700000100.070000:qemu_rdma_registration_stop 16
+900@1700000100.200000:qemu_rdma_registration_start 16
+900@1700000100.210000:qemu_rdma_registration_stop 16
+900@1700000100.300000:qemu_rdma_close
+"""
+RDMA_DESTINATION = """\
+901@1700000099.900000:qemu_rdma_dest_init_trying 10.0.0.2 => 10.0.0.2
+901@1700000100.000200:qemu_rdma_accept_incoming_migration
+901@1700000100.000300:qemu_rdma_accept_incoming_migration_accepted
+901@1700000100.000950:qemu_rdma_registration_handle_wait
+901@1700000100.000960:qemu_rdma_registration_handle_ram_blocks
+901@1700000100.001100:qemu_rdma_registration_handle_finished
+901@1700000100.070100:qemu_rdma_registration_handle_finished
+901@1700000100.210100:qemu_rdma_registration_handle_finished
+"""
+
+
+def test_rdma_migration_sequence_on_both_sides():
+    source = check_rdma_migration(parse_trace(RDMA_SOURCE), "source")
+    assert (source.events, source.rounds) == (9, 3)
+    destination = check_rdma_migration(parse_trace(RDMA_DESTINATION), "destination")
+    assert (destination.events, destination.rounds) == (8, 3)
+
+
+@pytest.mark.parametrize(("side", "text", "message"), [
+    ("source", "", "source: rdma migration never reached qemu_rdma_resolve_host_trying after "
+                   "the start (seen: no qemu_rdma_* event)"),
+    ("destination", RDMA_DESTINATION.replace("accept_incoming_migration_accepted", "close"),
+     "destination: rdma migration never reached qemu_rdma_accept_incoming_migration_accepted "
+     "after "
+     "qemu_rdma_accept_incoming_migration"),
+    ("source", RDMA_SOURCE.replace("1700000100.070000:qemu_rdma_registration_stop",
+                                   "1700000100.070000:qemu_rdma_registration_start"),
+     "source: registration_start at 1700000100.070000 (qemu_rdma_registration_start '16') "
+     "where registration_stop was due"),
+    ("source", RDMA_SOURCE.rsplit("900@1700000100.210000", 1)[0],
+     "source: registration_start at 1700000100.200000 never stopped"),
+])
+def test_rdma_migration_violations(side, text, message):
+    with pytest.raises(ProtocolViolation) as info:
+        check_rdma_migration(parse_trace(text), side)
+    assert str(info.value).startswith(message)
