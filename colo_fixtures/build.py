@@ -24,6 +24,7 @@ CONFIGURE_FLAGS: tuple[str, ...] = (
     "--enable-tcg",
     "--enable-kvm",
     "--enable-replication",
+    "--enable-rdma",  # rdma: migration (the seed's qemu_rdma_* debug step); rdma-core libs
     "--enable-slirp",
     "--enable-fdt=system",
     "--disable-docs",
