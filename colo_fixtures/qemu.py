@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Sequence
@@ -45,8 +46,11 @@ class SyncQmp:
     def run(self, awaitable: Any, timeout: float) -> Any:
         return self.loop.run_until_complete(asyncio.wait_for(awaitable, timeout))
 
-    def connect(self, path: Path, timeout: float) -> None:
-        self.run(self.client.connect(str(path)), timeout)
+    def connect(self, address: Path | socket.socket, timeout: float) -> None:
+        """Connect to a QMP unix socket path, or over an already connected socket (a
+        channel to a remote host's QMP socket)."""
+        target = address if isinstance(address, socket.socket) else str(address)
+        self.run(self.client.connect(target), timeout)
 
     def execute(self, command: str, arguments: dict[str, Any], timeout: float) -> Any:
         return self.run(self.client.execute(command, arguments or None), timeout)

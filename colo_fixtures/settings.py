@@ -193,6 +193,9 @@ KNOBS: tuple[Knob, ...] = (
          "extra flags for the vm-ft QEMU's configure, after the seed's", "FLAGS"),
     Knob("python2", _existing_file, None,
          "Python 2 for QEMU 2.5's configure (default: python2 or python2.7 on PATH)", "PATH"),
+    Knob("ssh_accept_new", _bool, "false",
+         "SSH profile: accept unknown host keys and add them to known_hosts (default: refuse)",
+         flag=True),
     Knob("rdma_device", _word, None,
          "the RDMA device vm-ft uses (default: the first under /sys/class/infiniband)", "NAME"),
 )
@@ -221,6 +224,7 @@ class Settings:
     vmft_cflags: tuple[str, ...] = ("-fcommon",)
     vmft_configure: tuple[str, ...] = ("--disable-guest-agent",)
     python2: Path | None = None
+    ssh_accept_new: bool = False
     rdma_device: str | None = None
 
     def describe(self) -> dict[str, str]:

@@ -1,0 +1,270 @@
+"""A lab host reached over SSH (paramiko), behind the same ``Host`` interface as the local one.
+
+- Host keys are verified against a known_hosts file by default; an unknown or changed key
+  is refused with the fix in the message. Accepting new keys is an explicit choice
+  (``accept_new=True``), and the accepted key is written to that known_hosts file.
+- One SSH connection per host, reused by every command, transfer and channel.
+- Commands are argv lists; the remote shell line is built with ``shlex.quote`` per word.
+- Long-running processes are started detached with their PID recorded; ``signal``,
+  ``alive`` and ``wait`` act on that PID only.
+- ``open_unix`` gives a local socket connected to a remote unix socket (QMP) through an SSH
+  channel running ``socat`` on the host: no TCP port is opened for it.
+- A key passphrase is used to decrypt the key and is never logged or shown in errors.
+"""
+
+from __future__ import annotations
+
+import shlex
+import socket
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import paramiko
+
+from colo_fixtures.hosts.base import CommandError, Host, Result
+from colo_fixtures.inventory import SshTarget
+
+CONNECT_TIMEOUT = 10.0
+RELAY_CHUNK = 65536
+
+
+class SshError(CommandError):
+    """The host cannot be reached, refuses us, or its key is not the known one."""
+
+
+class _SaveNewKey(paramiko.MissingHostKeyPolicy):
+    """Accept an unknown host key and append it to the known_hosts file (explicit opt-in)."""
+
+    def __init__(self, known_hosts: Path):
+        self.known_hosts = known_hosts
+
+    def missing_host_key(self, client: paramiko.SSHClient, hostname: str,
+                         key: paramiko.PKey) -> None:
+        client.get_host_keys().add(hostname, key.get_name(), key)
+        self.known_hosts.parent.mkdir(parents=True, exist_ok=True)
+        with self.known_hosts.open("a") as f:
+            f.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
+
+
+class SshHost(Host):
+    """One lab machine over SSH. Thread-safe for concurrent commands (paramiko channels)."""
+
+    def __init__(self, name: str, role: str, target: SshTarget, key: Path, *,
+                 known_hosts: Path | None = None, accept_new: bool = False,
+                 passphrase: str | None = None, connect_timeout: float = CONNECT_TIMEOUT,
+                 sock_factory: Callable[[], socket.socket] | None = None):
+        super().__init__(name, role)
+        self.target = target
+        self.key = key
+        self.known_hosts = known_hosts or Path.home() / ".ssh" / "known_hosts"
+        self.accept_new = accept_new
+        self._passphrase = passphrase
+        self.connect_timeout = connect_timeout
+        # How the TCP connection is opened: directly by default; the embedded lab's tests
+        # pass a socket made inside the client namespace (like ssh's ProxyCommand).
+        self.sock_factory = sock_factory
+        self.pids: list[int] = []  # every process this host started, in order
+        self._client: paramiko.SSHClient | None = None
+        self._lock = threading.Lock()
+
+    # -- connection
+
+    def _known_name(self) -> str:
+        host, port = self.target.host, self.target.port
+        return host if port == 22 else f"[{host}]:{port}"
+
+    def client(self) -> paramiko.SSHClient:
+        """The shared connection, opened on first use."""
+        with self._lock:
+            if self._client is not None and self._client.get_transport() is not None \
+                    and self._client.get_transport().is_active():  # type: ignore[union-attr]
+                return self._client
+            self._client = self._connect()
+            return self._client
+
+    def _connect(self) -> paramiko.SSHClient:
+        where = str(self.target)
+        client = paramiko.SSHClient()
+        if self.known_hosts.exists():
+            client.load_host_keys(str(self.known_hosts))
+        client.set_missing_host_key_policy(
+            _SaveNewKey(self.known_hosts) if self.accept_new else paramiko.RejectPolicy())
+        try:
+            secret = self._passphrase.encode() if self._passphrase is not None else None
+            pkey = paramiko.PKey.from_path(self.key, passphrase=secret)
+        except (OSError, paramiko.SSHException, ValueError, TypeError) as exc:
+            raise SshError(f"{self.name}: cannot load SSH key {self.key}: "
+                           f"{_no_secret(exc, self._passphrase)}") from None
+        try:
+            sock = self.sock_factory() if self.sock_factory is not None else None
+        except Exception as exc:  # the factory's own one-line error (e.g. a LabError)
+            raise SshError(f"{self.name}: cannot reach {where}: {exc} (check the address, "
+                           "the port and that sshd runs)") from None
+        try:
+            client.connect(self.target.host, self.target.port, self.target.user, pkey=pkey,
+                           sock=sock,  # type: ignore[arg-type]
+                           timeout=self.connect_timeout, banner_timeout=self.connect_timeout,
+                           auth_timeout=self.connect_timeout, allow_agent=False,
+                           look_for_keys=False)
+        except paramiko.BadHostKeyException:
+            raise SshError(f"{self.name}: the host key of {where} does not match "
+                           f"{self.known_hosts}: refusing to connect (if the host was "
+                           f"reinstalled, remove its line with ssh-keygen -R "
+                           f"'{self._known_name()}' -f {self.known_hosts})") from None
+        except paramiko.AuthenticationException as exc:
+            raise SshError(f"{self.name}: {where} refused key {self.key}: {exc} (is its public "
+                           "key in the host's authorized_keys?)") from None
+        except paramiko.SSHException as exc:
+            if "not found in known_hosts" in str(exc):
+                raise SshError(f"{self.name}: the host key of {where} is unknown: add it to "
+                               f"{self.known_hosts} (ssh-keyscan -p {self.target.port} "
+                               f"{self.target.host} >> {self.known_hosts}, after checking "
+                               "its fingerprint) or accept new keys explicitly "
+                               "(--ssh-accept-new)") from None
+            raise SshError(f"{self.name}: SSH to {where} failed: {exc}") from None
+        except (OSError, EOFError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else (
+                str(exc) or type(exc).__name__)
+            raise SshError(f"{self.name}: cannot reach {where}: {reason} (check the address, "
+                           "the port and that sshd runs)") from None
+        return client
+
+    def close(self) -> None:
+        with self._lock:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
+
+    # -- commands
+
+    def run(self, argv: list[str], timeout: float = 60, check: bool = True) -> Result:
+        line = shlex.join(argv)
+        rc, out, err = self._exec(line, timeout, argv)
+        result = Result(tuple(argv), rc, out, err)
+        if check and rc != 0:
+            last = (err.strip() or out.strip()).splitlines()[-1:] or [""]
+            raise CommandError(f"{self.name}: {line} exited {rc}: {last[0]}")
+        return result
+
+    def _exec(self, line: str, timeout: float, argv: list[str]) -> tuple[int, str, str]:
+        channel = self.client().get_transport().open_session()  # type: ignore[union-attr]
+        try:
+            channel.settimeout(timeout)
+            channel.exec_command(line)
+            channel.shutdown_write()
+            out, err = bytearray(), bytearray()
+            deadline = time.monotonic() + timeout
+            while not (channel.exit_status_ready() and not channel.recv_ready()
+                       and not channel.recv_stderr_ready()):
+                if time.monotonic() > deadline:
+                    raise CommandError(f"{self.name}: {argv[0]} timed out after {timeout:g}s "
+                                       f"({line})")
+                if channel.recv_ready():
+                    out += channel.recv(RELAY_CHUNK)
+                elif channel.recv_stderr_ready():
+                    err += channel.recv_stderr(RELAY_CHUNK)
+                else:
+                    time.sleep(0.01)
+            return (channel.recv_exit_status(), out.decode(errors="replace"),
+                    err.decode(errors="replace"))
+        finally:
+            channel.close()
+
+    def launcher(self, argv: list[str]) -> list[str]:
+        raise CommandError(f"{self.name}: an SSH host starts processes with spawn(), not a "
+                           "local launcher")
+
+    # -- long-running processes
+
+    def spawn(self, argv: list[str], log: str, env: dict[str, str] | None = None,
+              cwd: str | None = None) -> int:
+        """Start ``argv`` detached (stdout and stderr to the remote file ``log``); its PID."""
+        words = ["env", *[f"{k}={v}" for k, v in (env or {}).items()], *argv]
+        command = f"exec {shlex.join(words)} </dev/null >>{shlex.quote(log)} 2>&1"
+        if cwd is not None:
+            command = f"cd {shlex.quote(cwd)} && {command}"
+        script = f"nohup sh -c {shlex.quote(command)} >/dev/null 2>&1 & echo $!"
+        rc, out, err = self._exec(script, 30, argv)
+        if rc != 0 or not out.strip().isdigit():
+            raise CommandError(f"{self.name}: cannot start {argv[0]}: {err.strip() or out}")
+        pid = int(out.strip())
+        self.pids.append(pid)
+        return pid
+
+    def alive(self, pid: int) -> bool:
+        """Whether ``pid`` still runs (a zombie counts as gone)."""
+        result = self.run(["ps", "-o", "stat=", "-p", str(pid)], check=False)
+        return result.rc == 0 and not result.stdout.strip().startswith("Z")
+
+    def signal(self, pid: int, signame: str) -> None:
+        """Send ``signame`` (e.g. TERM, KILL, STOP) to a process this host started."""
+        if pid not in self.pids:
+            raise CommandError(f"{self.name}: pid {pid} was not started by the harness")
+        self.run(["kill", f"-{signame}", str(pid)], check=False)
+
+    def wait(self, pid: int, timeout: float) -> bool:
+        """Until ``pid`` is gone; False if it still runs after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while self.alive(pid):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.1)
+        return True
+
+    # -- files
+
+    def put(self, local: Path, remote: str) -> None:
+        with self.client().open_sftp() as sftp:
+            sftp.put(str(local), remote)
+
+    def get(self, remote: str, local: Path) -> None:
+        local.parent.mkdir(parents=True, exist_ok=True)
+        with self.client().open_sftp() as sftp:
+            sftp.get(remote, str(local))
+
+    def read_text(self, remote: str) -> str:
+        with self.client().open_sftp() as sftp, sftp.open(remote) as f:
+            return f.read().decode(errors="replace")
+
+    # -- channels
+
+    def open_unix(self, path: str) -> socket.socket:
+        """A local socket whose peer is the remote unix socket ``path`` (socat on the host,
+        relayed over an SSH channel). Closing the socket closes the channel."""
+        channel = self.client().get_transport().open_session()  # type: ignore[union-attr]
+        channel.exec_command(shlex.join(["socat", "-", f"UNIX-CONNECT:{path}"]))
+        ours, theirs = socket.socketpair()
+        threading.Thread(target=_relay, args=(theirs, channel), daemon=True,
+                         name=f"ssh-relay-{self.name}").start()
+        return ours
+
+
+def _relay(sock: socket.socket, channel: paramiko.Channel) -> None:
+    """Copy bytes both ways until either side closes."""
+
+    def up() -> None:
+        try:
+            while data := sock.recv(RELAY_CHUNK):
+                channel.sendall(data)
+        except OSError:
+            pass
+        finally:
+            channel.shutdown_write()
+
+    thread = threading.Thread(target=up, daemon=True)
+    thread.start()
+    try:
+        while data := channel.recv(RELAY_CHUNK):
+            sock.sendall(data)
+    except OSError:
+        pass
+    finally:
+        sock.close()
+        channel.close()
+
+
+def _no_secret(exc: BaseException, secret: str | None) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text.replace(secret, "***") if secret else text
