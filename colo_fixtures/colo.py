@@ -232,7 +232,7 @@ class ColoPair:
         self.launches += 1
         name = role if self.launches <= 2 else f"{role}{self.launches - 1}"
         return QemuProcess(name, argv, self.workdir, self.scratch / "sock",
-                           launcher=self.hosts[host.role].launcher)
+                           host=self.hosts[host.role])
 
     def _dir(self, host: HostSpec) -> Path:
         path = self.scratch / f"{host.role}-{self.launches}"
@@ -330,6 +330,7 @@ class ColoPair:
 
     def checkpoints(self) -> list[Checkpoint]:
         """The current primary's checkpoints so far, from its trace log."""
+        self.primary.sync_logs()
         return checkpoints(read_trace(self.primary.trace_log))
 
     def check_health(self, timeout: float = 5) -> None:
@@ -339,6 +340,7 @@ class ColoPair:
         reported when it happens, not when some later wait runs out.
         """
         for side in self.sides:
+            side.sync_logs()
             findings = scan(side.console_log, "console")
             if findings:
                 raise QemuError(f"{side.name} guest failed: {findings[0]}\n{self.diagnosis()}")
@@ -347,6 +349,7 @@ class ColoPair:
             try:
                 side.qmp("query-status", timeout=timeout)
             except QemuError:
+                self.primary.sync_logs()
                 records = read_trace(self.primary.trace_log)
                 messages = [m for m in map(colo_message, records) if m]
                 stall = describe_stall(checkpoints(records), messages[-1] if messages else None)

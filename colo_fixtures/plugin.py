@@ -338,6 +338,7 @@ def _collect_evidence(colo: ColoLab, artifacts: Path) -> list[Finding]:
     fault_at = faults[0].wall if faults else None
     findings = []
     for process in colo.pair.processes:
+        process.sync_logs()
         findings += scan(process.console_log, "console", fault_at=fault_at)
         findings += scan(process.stderr_log, "stderr", fault_at=fault_at)
     return findings

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -21,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from qemu.qmp import ExecuteError, QMPClient
+
+from colo_fixtures.hosts import Host, LocalHost, Process
 
 
 class QemuError(RuntimeError):
@@ -87,22 +88,40 @@ class QmpEvent:
 
 @dataclass
 class QemuProcess:
-    """A QEMU started from ``argv`` (which must not contain -qmp/-serial/-D: they are added).
+    """A QEMU started from ``argv`` (which must not contain -qmp/-serial/-D: they are added)
+    on ``host`` (this machine by default).
 
-    ``workdir`` receives argv.txt, stderr.log, console.log, trace.log and qmp.jsonl;
-    ``sockdir`` is a short private directory for the QMP socket.
+    ``workdir`` (on this machine) receives argv.txt, stderr.log, console.log, trace.log and
+    qmp.jsonl. ``sockdir`` is a short private directory on the host for the QMP socket. On
+    a remote host QEMU writes its logs to ``host_dir`` there, and ``sync_logs`` copies them
+    into ``workdir`` (every read of a log syncs first).
     """
 
     name: str
     argv: Sequence[str]
     workdir: Path
     sockdir: Path
-    launcher: Callable[[list[str]], list[str]] = list
+    host: Host = field(default_factory=LocalHost)
     env: dict[str, str] | None = None
     cwd: Path | None = None
+    host_dir: Path | None = None  # where logs are written on a remote host
     events: list[QmpEvent] = field(default_factory=list)
-    process: subprocess.Popen[bytes] | None = None
+    process: Process | None = None
     _qmp: SyncQmp | None = None
+
+    def on_host(self, local_log: Path) -> Path:
+        """Where QEMU writes the log that ``local_log`` mirrors."""
+        if self.host.is_local or self.host_dir is None:
+            return local_log
+        return self.host_dir / local_log.name
+
+    def sync_logs(self) -> None:
+        """Copy the console, stderr and trace logs from a remote host (no-op locally)."""
+        if self.host.is_local:
+            return
+        for log in (self.console_log, self.stderr_log, self.trace_log):
+            with contextlib.suppress(Exception):  # evidence is best effort on a dead link
+                self.host.fetch(self.on_host(log), log)
 
     @property
     def qmp_path(self) -> Path:
@@ -132,26 +151,25 @@ class QemuProcess:
 
     def full_argv(self) -> list[str]:
         """The argv as run, with the harness's QMP, serial and log plumbing added."""
-        return self.launcher([
+        return [
             *self.argv,
             "-qmp", f"unix:{self.qmp_path},server=on,wait=off",
-            "-serial", f"file:{self.console_log}",
-            "-D", str(self.trace_log),
+            "-serial", f"file:{self.on_host(self.console_log)}",
+            "-D", str(self.on_host(self.trace_log)),
             "-msg", "timestamp=on",
             "-display", "none",
             "-monitor", "none",
-        ])
+        ]
 
     def start(self) -> None:
         """Start the process; QMP is connected lazily by ``connect``."""
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.sockdir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not self.host.is_local and self.host_dir is not None:
+            self.host.make_dir(self.host_dir)
+        self.host.make_dir(self.sockdir, private=True)
         argv = self.full_argv()
         (self.workdir / f"{self.name}-argv.txt").write_text("\n".join(argv) + "\n")
-        with self.stderr_log.open("ab") as err:
-            self.process = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=err, stderr=err, cwd=self.cwd,
-                env={**os.environ, **self.env} if self.env else None, start_new_session=True)
+        self.process = self.host.spawn(argv, self.on_host(self.stderr_log), self.env, self.cwd)
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
@@ -163,10 +181,10 @@ class QemuProcess:
         while time.monotonic() < deadline:
             if not self.alive():
                 raise QemuError(f"{self.name} exited before QMP answered\n{self.diagnosis()}")
-            if self.qmp_path.exists():
+            if self.host.exists(self.qmp_path):
                 qmp = SyncQmp(self.name)
                 try:
-                    qmp.connect(self.qmp_path, timeout=5)
+                    qmp.connect(self.host.connect_unix(self.qmp_path), timeout=5)
                     self._qmp = qmp
                     return
                 except Exception as exc:  # connection refused while QEMU starts up
@@ -246,13 +264,15 @@ class QemuProcess:
     def console_has(self, text: str) -> bool:
         """True once the serial console log contains ``text``."""
         try:
-            return text.encode() in self.console_log.read_bytes()
+            return text.encode() in self.host.read_bytes(self.on_host(self.console_log))
         except FileNotFoundError:
             return False
 
     def signal(self, signum: int) -> None:
         """Send ``signum`` to this QEMU (fault injection)."""
-        os.kill(self.pid, signum)
+        if self.process is None:
+            raise QemuError(f"{self.name}: not started")
+        self.process.send_signal(signum)
 
     def stop(self, timeout: float = 10) -> int | None:
         """``quit`` over QMP, then SIGKILL after ``timeout``; close QMP; remove the socket."""
@@ -270,8 +290,11 @@ class QemuProcess:
             self.process.kill()
         self.process.wait()
         self.close_qmp()
-        with contextlib.suppress(FileNotFoundError):
-            self.qmp_path.unlink()
+        if self.host.is_local:
+            self.qmp_path.unlink(missing_ok=True)
+        else:
+            with contextlib.suppress(Exception):
+                self.host.run(["rm", "-f", str(self.qmp_path)], check=False)
         return self.process.returncode
 
     def kill(self) -> None:
@@ -291,6 +314,7 @@ class QemuProcess:
 
     def diagnosis(self) -> str:
         """What a failed wait needs: exit status, last events, console and stderr tails."""
+        self.sync_logs()
         code = self.process.returncode if self.process else None
         status = "running" if self.alive() else f"exited with {code}"
         if self.process is not None and self.process.returncode is not None \

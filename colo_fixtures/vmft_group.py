@@ -58,7 +58,7 @@ class VmftGroup:
                              self._vm_for(role), self.topo.host(role), self.topo.ports,
                              self.config)
             process = QemuProcess(role, node.argv, self.artifacts, self.run_dir / "sock",
-                                  launcher=self.hosts[role].launcher, env=node.env,
+                                  host=self.hosts[role], env=node.env,
                                   cwd=node.cwd)
             self.nodes[role], self.processes[role] = node, process
             process.start()

@@ -9,6 +9,7 @@ hook). Every test uses its own known_hosts file.
 from __future__ import annotations
 
 import os
+import signal
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +21,7 @@ from colo_fixtures.hosts.base import CommandError
 from colo_fixtures.hosts.ssh import SshError, SshHost
 from colo_fixtures.inventory import SshTarget
 from colo_fixtures.net import LocalLab, connect_in_ns
-from colo_fixtures.qemu import SyncQmp
+from colo_fixtures.qemu import QemuProcess, SyncQmp
 from colo_fixtures.topology import Topology, local_topology
 
 pytestmark = requires_sshd
@@ -135,53 +136,82 @@ def test_unauthorized_key_and_wrong_passphrase(lab, tmp_path):
 
 def test_spawn_signal_wait_and_only_our_pids(lab, tmp_path):
     host = host_for(lab, tmp_path)
-    log = str(tmp_path / "sleeper.log")
-    pid = host.spawn(["sh", "-c", "echo started in $PWD with $COLO_X; exec sleep 300"], log,
-                     env={"COLO_X": "a b"}, cwd="/tmp")
-    assert host.alive(pid) and host.pids == [pid]
-    deadline_text = ""
+    log = tmp_path / "sleeper.log"
+    process = host.spawn(["sh", "-c", "echo started in $PWD with $COLO_X; exec sleep 300"],
+                         log, env={"COLO_X": "a b"}, cwd=Path("/tmp"))
+    assert process.poll() is None and host.pids == [process.pid]
+    text = ""
     for _ in range(50):
-        deadline_text = host.read_text(log)
-        if deadline_text:
+        if text := host.read_bytes(log).decode():
             break
-    assert deadline_text == "started in /tmp with a b\n"
-    host.signal(pid, "TERM")
-    assert host.wait(pid, timeout=10)
-    assert not host.alive(pid)
+    assert text == "started in /tmp with a b\n"
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=10) == -signal.SIGTERM
+    assert process.poll() == -signal.SIGTERM and not host.alive(process.pid)
     with pytest.raises(CommandError, match=r"pid 1 was not started by the harness"):
         host.signal(1, "KILL")
     host.close()
 
 
-def test_sftp_put_and_get(lab, tmp_path):
+def test_sftp_put_and_fetch(lab, tmp_path):
     host = host_for(lab, tmp_path)
     local = tmp_path / "up.bin"
     local.write_bytes(os.urandom(100_000))
-    remote = str(tmp_path / "remote.bin")
+    remote = tmp_path / "remote.bin"
     host.put(local, remote)
-    host.get(remote, tmp_path / "down" / "back.bin")
+    assert host.exists(remote) and not host.exists(tmp_path / "nothing")
+    host.fetch(remote, tmp_path / "down" / "back.bin")
     assert (tmp_path / "down" / "back.bin").read_bytes() == local.read_bytes()
+    with pytest.raises(FileNotFoundError):
+        host.read_bytes(tmp_path / "nothing")
     host.close()
+
+
+def test_qemu_process_on_an_ssh_host(lab, tmp_path):
+    """QemuProcess runs unchanged on an SSH host: spawned remotely, QMP through the SSH
+    channel, its logs written on the host and synced into the local workdir."""
+    host = host_for(lab, tmp_path)
+    remote_dir = tmp_path / "remote-logs"
+    qemu = QemuProcess("remote", ["qemu-system-x86_64", "-machine", "none", "-nodefaults",
+                                  "-S"], tmp_path / "local", tmp_path / "sock", host=host,
+                       host_dir=remote_dir)
+    try:
+        qemu.start()
+        qemu.connect(timeout=20)
+        assert qemu.qmp("query-status")["status"] == "prelaunch"
+        assert qemu.full_argv()[qemu.full_argv().index("-D") + 1] == str(
+            remote_dir / "remote-trace.log")
+        qemu.qmp("human-monitor-command", **{"command-line": "info version"})
+        qemu.signal(signal.SIGSTOP)
+        qemu.signal(signal.SIGCONT)
+        assert qemu.alive()
+    finally:
+        qemu.stop(timeout=10)
+        host.close()
+    assert not qemu.alive()
+    qemu.sync_logs()
+    assert (tmp_path / "local" / "remote-qmp.jsonl").exists()
+    assert (tmp_path / "local" / "remote-stderr.log").exists()
 
 
 def test_qmp_to_a_remote_qemu_through_the_ssh_channel(lab, tmp_path):
     host = host_for(lab, tmp_path)
-    sock_path = str(tmp_path / "remote.qmp")
-    pid = host.spawn(["qemu-system-x86_64", "-machine", "none", "-display", "none",
+    sock_path = tmp_path / "remote.qmp"
+    process = host.spawn(["qemu-system-x86_64", "-machine", "none", "-display", "none",
                       "-nodefaults", "-qmp", f"unix:{sock_path},server=on,wait=off"],
-                     str(tmp_path / "qemu.log"))
+                     tmp_path / "qemu.log")
     try:
         for _ in range(100):
-            if host.run(["test", "-S", sock_path], check=False).rc == 0:
+            if host.run(["test", "-S", str(sock_path)], check=False).rc == 0:
                 break
         qmp = SyncQmp("remote")
-        qmp.connect(host.open_unix(sock_path), timeout=10)
+        qmp.connect(host.connect_unix(sock_path), timeout=10)
         try:
             assert qmp.execute("query-status", {}, 10)["status"] in ("prelaunch", "running")
             assert "qemu" in qmp.execute("query-version", {}, 10)
         finally:
             qmp.close()
     finally:
-        host.signal(pid, "KILL")
-        assert host.wait(pid, 10)
+        process.kill()
+        assert process.wait(10) == -signal.SIGKILL
         host.close()

@@ -1,6 +1,6 @@
-"""Host backends: where commands and QEMUs run (a local namespace now, SSH later)."""
+"""Host backends: where commands and QEMUs run (this machine, a lab namespace, or SSH)."""
 
-from colo_fixtures.hosts.base import CommandError, Host, Result
-from colo_fixtures.hosts.local import LocalNamespaceHost
+from colo_fixtures.hosts.base import CommandError, Host, Process, Result
+from colo_fixtures.hosts.local import LocalHost, LocalNamespaceHost
 
-__all__ = ["CommandError", "Host", "LocalNamespaceHost", "Result"]
+__all__ = ["CommandError", "Host", "LocalHost", "LocalNamespaceHost", "Process", "Result"]

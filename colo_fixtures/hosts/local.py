@@ -1,11 +1,25 @@
-"""A host that is a network namespace on this machine (the embedded "local" lab)."""
+"""Hosts on this machine: the machine itself, and a network namespace of the embedded lab."""
 
 from __future__ import annotations
 
-import subprocess
+from pathlib import Path
 
-from colo_fixtures.hosts.base import CommandError, Host, Result
+from colo_fixtures.hosts.base import Host, Process, Result, popen, run_local
 from colo_fixtures.net import ns_exec_argv
+
+
+class LocalHost(Host):
+    """This machine, in pytest's own network namespace."""
+
+    def __init__(self, name: str = "localhost", role: str = "local"):
+        super().__init__(name, role)
+
+    def run(self, argv: list[str], timeout: float = 60, check: bool = True) -> Result:
+        return run_local(self.name, argv, argv, timeout, check)
+
+    def spawn(self, argv: list[str], log: Path, env: dict[str, str] | None = None,
+              cwd: Path | None = None) -> Process:
+        return popen(argv, log, env, cwd)
 
 
 class LocalNamespaceHost(Host):
@@ -19,14 +33,8 @@ class LocalNamespaceHost(Host):
         return ns_exec_argv(self.netns, argv)
 
     def run(self, argv: list[str], timeout: float = 60, check: bool = True) -> Result:
-        try:
-            done = subprocess.run(self.launcher(argv), capture_output=True, text=True,
-                                  timeout=timeout, stdin=subprocess.DEVNULL, check=False)
-        except subprocess.TimeoutExpired:
-            raise CommandError(f"{self.name}: {argv[0]} timed out after {timeout:g}s "
-                               f"({' '.join(argv)})") from None
-        result = Result(tuple(argv), done.returncode, done.stdout, done.stderr)
-        if check and result.rc != 0:
-            last = (result.stderr.strip() or result.stdout.strip()).splitlines()[-1:] or [""]
-            raise CommandError(f"{self.name}: {' '.join(argv)} exited {result.rc}: {last[0]}")
-        return result
+        return run_local(self.name, argv, self.launcher(argv), timeout, check)
+
+    def spawn(self, argv: list[str], log: Path, env: dict[str, str] | None = None,
+              cwd: Path | None = None) -> Process:
+        return popen(self.launcher(argv), log, env, cwd)

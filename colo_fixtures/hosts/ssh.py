@@ -7,15 +7,18 @@
 - Commands are argv lists; the remote shell line is built with ``shlex.quote`` per word.
 - Long-running processes are started detached with their PID recorded; ``signal``,
   ``alive`` and ``wait`` act on that PID only.
-- ``open_unix`` gives a local socket connected to a remote unix socket (QMP) through an SSH
+- ``connect_unix`` gives a local socket connected to a remote unix socket (QMP) through an SSH
   channel running ``socat`` on the host: no TCP port is opened for it.
 - A key passphrase is used to decrypt the key and is never logged or shown in errors.
 """
 
 from __future__ import annotations
 
+import contextlib
 import shlex
+import signal
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -50,6 +53,8 @@ class _SaveNewKey(paramiko.MissingHostKeyPolicy):
 
 class SshHost(Host):
     """One lab machine over SSH. Thread-safe for concurrent commands (paramiko channels)."""
+
+    is_local = False
 
     def __init__(self, name: str, role: str, target: SshTarget, key: Path, *,
                  known_hosts: Path | None = None, accept_new: bool = False,
@@ -172,26 +177,22 @@ class SshHost(Host):
         finally:
             channel.close()
 
-    def launcher(self, argv: list[str]) -> list[str]:
-        raise CommandError(f"{self.name}: an SSH host starts processes with spawn(), not a "
-                           "local launcher")
-
     # -- long-running processes
 
-    def spawn(self, argv: list[str], log: str, env: dict[str, str] | None = None,
-              cwd: str | None = None) -> int:
-        """Start ``argv`` detached (stdout and stderr to the remote file ``log``); its PID."""
+    def spawn(self, argv: list[str], log: Path, env: dict[str, str] | None = None,
+              cwd: Path | None = None) -> RemoteProcess:
+        """Start ``argv`` detached (stdout and stderr appended to the host's file ``log``)."""
         words = ["env", *[f"{k}={v}" for k, v in (env or {}).items()], *argv]
-        command = f"exec {shlex.join(words)} </dev/null >>{shlex.quote(log)} 2>&1"
+        command = f"exec {shlex.join(words)} </dev/null >>{shlex.quote(str(log))} 2>&1"
         if cwd is not None:
-            command = f"cd {shlex.quote(cwd)} && {command}"
+            command = f"cd {shlex.quote(str(cwd))} && {command}"
         script = f"nohup sh -c {shlex.quote(command)} >/dev/null 2>&1 & echo $!"
         rc, out, err = self._exec(script, 30, argv)
         if rc != 0 or not out.strip().isdigit():
             raise CommandError(f"{self.name}: cannot start {argv[0]}: {err.strip() or out}")
         pid = int(out.strip())
         self.pids.append(pid)
-        return pid
+        return RemoteProcess(self, pid)
 
     def alive(self, pid: int) -> bool:
         """Whether ``pid`` still runs (a zombie counts as gone)."""
@@ -204,41 +205,77 @@ class SshHost(Host):
             raise CommandError(f"{self.name}: pid {pid} was not started by the harness")
         self.run(["kill", f"-{signame}", str(pid)], check=False)
 
-    def wait(self, pid: int, timeout: float) -> bool:
-        """Until ``pid`` is gone; False if it still runs after ``timeout``."""
-        deadline = time.monotonic() + timeout
-        while self.alive(pid):
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.1)
-        return True
-
     # -- files
 
-    def put(self, local: Path, remote: str) -> None:
-        with self.client().open_sftp() as sftp:
-            sftp.put(str(local), remote)
+    def make_dir(self, path: Path, private: bool = False) -> None:
+        self.run(["mkdir", "-p", *(["-m", "700"] if private else []), str(path)])
 
-    def get(self, remote: str, local: Path) -> None:
+    def exists(self, path: Path) -> bool:
+        return self.run(["test", "-e", str(path)], check=False).rc == 0
+
+    def read_bytes(self, path: Path) -> bytes:
+        with self.client().open_sftp() as sftp, sftp.open(str(path)) as f:
+            return f.read()
+
+    def fetch(self, path: Path, local: Path) -> None:
         local.parent.mkdir(parents=True, exist_ok=True)
-        with self.client().open_sftp() as sftp:
-            sftp.get(remote, str(local))
+        with contextlib.suppress(FileNotFoundError), self.client().open_sftp() as sftp:
+            sftp.get(str(path), str(local))
 
-    def read_text(self, remote: str) -> str:
-        with self.client().open_sftp() as sftp, sftp.open(remote) as f:
-            return f.read().decode(errors="replace")
+    def put(self, local: Path, path: Path) -> None:
+        with self.client().open_sftp() as sftp:
+            sftp.put(str(local), str(path))
 
     # -- channels
 
-    def open_unix(self, path: str) -> socket.socket:
-        """A local socket whose peer is the remote unix socket ``path`` (socat on the host,
+    def connect_unix(self, path: Path, timeout: float = 5.0) -> socket.socket:
+        """A local socket whose peer is the host's unix socket ``path`` (socat on the host,
         relayed over an SSH channel). Closing the socket closes the channel."""
         channel = self.client().get_transport().open_session()  # type: ignore[union-attr]
         channel.exec_command(shlex.join(["socat", "-", f"UNIX-CONNECT:{path}"]))
+        time.sleep(0.05)  # socat exits at once when nothing listens: report it like connect
+        if channel.exit_status_ready():
+            channel.close()
+            raise ConnectionRefusedError(f"{self.name}: nothing listens on {path}")
         ours, theirs = socket.socketpair()
         threading.Thread(target=_relay, args=(theirs, channel), daemon=True,
                          name=f"ssh-relay-{self.name}").start()
         return ours
+
+
+class RemoteProcess:
+    """A process started by ``SshHost.spawn``, with ``subprocess.Popen``'s surface.
+
+    Its exit code is not visible over SSH: once gone, ``returncode`` is ``-signal`` for a
+    process the harness signalled, else 255.
+    """
+
+    def __init__(self, host: SshHost, pid: int):
+        self.host = host
+        self.pid = pid
+        self.returncode: int | None = None
+        self._signalled: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None and not self.host.alive(self.pid):
+            self.returncode = -self._signalled if self._signalled else 255
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while (code := self.poll()) is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(f"{self.host.name}:{self.pid}", timeout or 0)
+            time.sleep(0.1)
+        return code
+
+    def send_signal(self, sig: int) -> None:
+        if self.returncode is None:
+            self._signalled = sig
+            self.host.signal(self.pid, signal.Signals(sig).name.removeprefix("SIG"))
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
 
 
 def _relay(sock: socket.socket, channel: paramiko.Channel) -> None:
