@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from colo_fixtures.disks import SecondaryDisks, make_primary_disk, make_secondary_disks
 from colo_fixtures.hosts import Host
+from colo_fixtures.ledger import LEDGER_NAME
 from colo_fixtures.logscan import scan
 from colo_fixtures.qemu import QemuError, QemuProcess
 from colo_fixtures.topology import HostSpec, Ports, Topology
@@ -232,7 +233,7 @@ class ColoPair:
         self.launches += 1
         name = role if self.launches <= 2 else f"{role}{self.launches - 1}"
         return QemuProcess(name, argv, self.workdir, self.scratch / "sock",
-                           host=self.hosts[host.role])
+                           host=self.hosts[host.role], ledger=self.workdir / LEDGER_NAME)
 
     def _dir(self, host: HostSpec) -> Path:
         path = self.scratch / f"{host.role}-{self.launches}"

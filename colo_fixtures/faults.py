@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import signal
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from colo_fixtures.qemu import QemuError, QemuProcess
+
+FAULT_SIGNALS = ("kill", "stop")  # what breaks something (SIGCONT does not)
 
 
 class Recorder(Protocol):
@@ -22,12 +25,15 @@ class Recorder(Protocol):
 class Faults:
     """Kill, stop and continue QEMU processes; each call returns the fault's wall time."""
 
-    def __init__(self, history: Recorder):
+    def __init__(self, history: Recorder, before_fault: Callable[[], None] | None = None):
         self.history = history
+        self.before_fault = before_fault  # e.g. note the logs' sizes for the log analyzer
 
     def _signal(self, process: QemuProcess, signum: int, f: str, detail: str | None) -> float:
         if not process.alive():
             raise QemuError(f"cannot {f} {process.name}: it is not running")
+        if f in FAULT_SIGNALS and self.before_fault is not None:
+            self.before_fault()
         # Recorded before the signal goes out: the survivor may log the loss of its peer
         # within milliseconds, and the log analyzer excuses only what follows the fault.
         op = self.history.nemesis(f, process.name, detail)

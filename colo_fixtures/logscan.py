@@ -76,24 +76,36 @@ class Finding:
         return f"{self.pattern}: {self.path.name}:{self.line_number}: {self.line.strip()[:200]}"
 
 
-def _expected(line: str, fault_at: float | None) -> bool:
-    if fault_at is None or not any(re.search(p, line) for p in AFTER_FAULT):
-        return False
+def _after_fault(line: str, start: int, fault_at: float | None,
+                 fault_offset: int | None) -> bool:
+    """Whether ``line`` (at byte ``start`` of its file) was written after the first fault:
+    beyond the file's size at that moment, or stamped at or after it. QEMU leaves messages
+    reported while a QMP command runs unstamped, so the offset is the better witness."""
+    if fault_offset is not None and start >= fault_offset:
+        return True
     stamp = line_time(line)
-    return stamp is not None and stamp >= fault_at
+    return fault_at is not None and stamp is not None and stamp >= fault_at
 
 
 def scan(path: Path, kind: str, allow: tuple[str, ...] = (),
-         fault_at: float | None = None) -> list[Finding]:
+         fault_at: float | None = None, fault_offset: int | None = None) -> list[Finding]:
     """Findings of every ``kind`` pattern in ``path``, except lines matching an ``allow`` regex
-    and, after ``fault_at`` (wall clock of the first injected fault), its known consequences."""
+    and the known consequences of an injected fault in lines written after it (from byte
+    ``fault_offset`` on, the file's size at the first fault, or stamped at or after
+    ``fault_at``, its wall-clock time)."""
     try:
-        lines = path.read_text(errors="replace").splitlines()
+        data = path.read_bytes()
     except FileNotFoundError:
         return []
     findings = []
-    for number, line in enumerate(lines, 1):
-        if any(re.search(a, line) for a in (*BENIGN, *allow)) or _expected(line, fault_at):
+    start = 0
+    for number, raw in enumerate(data.splitlines(keepends=True), 1):
+        line, line_start = raw.decode(errors="replace").rstrip("\r\n"), start
+        start += len(raw)
+        if any(re.search(a, line) for a in (*BENIGN, *allow)):
+            continue
+        if any(re.search(p, line) for p in AFTER_FAULT) and _after_fault(
+                line, line_start, fault_at, fault_offset):
             continue
         for pattern in PATTERNS:
             if pattern.kind == kind and pattern.regex.search(line):

@@ -28,8 +28,10 @@ from colo_fixtures.faults import Faults
 from colo_fixtures.guest import AGENT_PORT, AgentClient, GuestImage, build_guest, kernel_cmdline
 from colo_fixtures.hosts import Host, LocalNamespaceHost
 from colo_fixtures.known_issues import known_log_message, mark_known_issues
+from colo_fixtures.ledger import LEDGER_NAME, run_alive, write_entry
+from colo_fixtures.ledger import clean as clean_ledger_file
 from colo_fixtures.logscan import Finding, scan
-from colo_fixtures.net import LocalLab, connect_in_ns
+from colo_fixtures.net import LocalLab, connect_in_ns, read_ledger
 from colo_fixtures.preflight import Preflight, run_preflight
 from colo_fixtures.qemu import QemuError
 from colo_fixtures.settings import KNOBS, Settings, SettingsError, load_settings
@@ -138,8 +140,19 @@ def _safe_name(nodeid: str) -> str:
 
 @pytest.fixture
 def artifacts(request: pytest.FixtureRequest, colo_settings: Settings) -> Path:
-    """This test's artifact folder under ``<report-dir>/artifacts/``, emptied first."""
+    """This test's artifact folder under ``<report-dir>/artifacts/``, emptied first.
+
+    If an earlier run of this test was killed, what its ledger still lists is removed
+    first (the janitor's job, done here so emptying the folder loses no record)."""
     folder = colo_settings.report_dir / "artifacts" / _safe_name(request.node.nodeid)
+    ledger = folder / LEDGER_NAME
+    if read_ledger(ledger):
+        if (pid := run_alive(ledger)) is not None:
+            pytest.fail(f"{folder} belongs to a run that is still going (pid {pid}): use "
+                        "another --report-dir for concurrent runs", pytrace=False)
+        if left := clean_ledger_file(ledger):
+            pytest.fail(f"an earlier killed run left {left} and they cannot be removed: "
+                        f"see {ledger}", pytrace=False)
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     return folder
@@ -158,11 +171,24 @@ class ColoLab:
     history: History = field(default_factory=History)
     workloads: list[Workload] = field(default_factory=list)
     colo_start_seconds: float = 0.0
+    log_sizes_at_fault: dict[Path, int] | None = None
 
     @property
     def faults(self) -> Faults:
         """The nemesis, recording into this lab's history."""
-        return Faults(self.history)
+        return Faults(self.history, self._note_log_sizes)
+
+    def _note_log_sizes(self) -> None:
+        """At the first fault: how far each QEMU's logs went (what follows may be its
+        consequences, which the log analyzer excuses)."""
+        if self.log_sizes_at_fault is not None:
+            return
+        sizes = {}
+        for process in self.pair.processes:
+            process.sync_logs()
+            for log in (process.console_log, process.stderr_log):
+                sizes[log] = log.stat().st_size if log.exists() else 0
+        self.log_sizes_at_fault = sizes
 
     def connect(self, timeout: float | None = None) -> socket.socket:
         """A TCP connection to the guest agent from the client namespace."""
@@ -231,10 +257,11 @@ def start_colo(request: pytest.FixtureRequest, colo_settings: Settings, qemu_bui
 
     def start(checkpoint_delay_ms: int | None = None, membuf_mib: int = 8) -> ColoLab:
         topo = local_topology(worker_id_safe, RUN_ID)
-        lab = LocalLab(topo, ledger=artifacts / "ledger.jsonl")
+        lab = LocalLab(topo, ledger=artifacts / LEDGER_NAME)
         lab.create()
         try:
             root = Path(tempfile.mkdtemp(prefix=f"colo-{topo.run_tag}-", dir=scratch_root()))
+            write_entry(artifacts / LEDGER_NAME, "created", "dir", str(root))
         except BaseException:
             lab.destroy()
             raise
@@ -275,6 +302,7 @@ def start_colo(request: pytest.FixtureRequest, colo_settings: Settings, qemu_bui
             print(f"\ncolo: kept scratch {root} (--keep-on-failure)")
         else:
             shutil.rmtree(root, ignore_errors=True)
+            write_entry(artifacts / LEDGER_NAME, "removed", "dir", str(root))
     if findings and not failed:
         pytest.fail("log analyzer: " + "; ".join(map(str, findings[:5])), pytrace=False)
 
@@ -307,7 +335,7 @@ def vmft_group(colo_settings: Settings, vmft_build: VmftBuild, guest_image: Gues
     vm = VmftVm(image=Path("/dev/null"), memory_mib=s.guest_memory, mac=topo.vm_mac,
                 accel=accel, kernel=guest_image.kernel, initrd=guest_image.initrd,
                 append=kernel_cmdline(f"{topo.vm_addr}/24", AGENT_PORT))
-    with LocalLab(topo, ledger=artifacts / "ledger.jsonl"):
+    with LocalLab(topo, ledger=artifacts / LEDGER_NAME):
         run_dir = Path(tempfile.mkdtemp(prefix=f"vmft-{topo.run_tag}-", dir=scratch_root()))
         hosts: dict[str, Host] = {role: LocalNamespaceHost(spec.netns, role, spec.netns)
                                   for role, spec in topo.hosts.items()}
@@ -336,11 +364,14 @@ def _collect_evidence(colo: ColoLab, artifacts: Path) -> list[Finding]:
         colo.history.to_jsonl(artifacts / "history.jsonl")
     faults = colo.history.faults()
     fault_at = faults[0].wall if faults else None
+    sizes = colo.log_sizes_at_fault
     findings = []
     for process in colo.pair.processes:
         process.sync_logs()
-        findings += scan(process.console_log, "console", fault_at=fault_at)
-        findings += scan(process.stderr_log, "stderr", fault_at=fault_at)
+        for log, kind in ((process.console_log, "console"), (process.stderr_log, "stderr")):
+            # a log begun after the first fault (a resumed secondary) is all "after" it
+            offset = None if sizes is None else sizes.get(log, 0)
+            findings += scan(log, kind, fault_at=fault_at, fault_offset=offset)
     return findings
 
 

@@ -22,6 +22,7 @@ from typing import Any
 from qemu.qmp import ExecuteError, QMPClient
 
 from colo_fixtures.hosts import Host, LocalHost, Process
+from colo_fixtures.ledger import process_name, write_entry
 
 
 class QemuError(RuntimeError):
@@ -105,9 +106,11 @@ class QemuProcess:
     env: dict[str, str] | None = None
     cwd: Path | None = None
     host_dir: Path | None = None  # where logs are written on a remote host
+    ledger: Path | None = None  # the run ledger that records the process (local hosts)
     events: list[QmpEvent] = field(default_factory=list)
     process: Process | None = None
     _qmp: SyncQmp | None = None
+    _ledger_name: str | None = None
 
     def on_host(self, local_log: Path) -> Path:
         """Where QEMU writes the log that ``local_log`` mirrors."""
@@ -170,6 +173,14 @@ class QemuProcess:
         argv = self.full_argv()
         (self.workdir / f"{self.name}-argv.txt").write_text("\n".join(argv) + "\n")
         self.process = self.host.spawn(argv, self.on_host(self.stderr_log), self.env, self.cwd)
+        if self.ledger is not None and self.host.is_local:
+            self._ledger_name = process_name(self.process.pid)
+            write_entry(self.ledger, "created", "process", self._ledger_name)
+
+    def _record_gone(self) -> None:
+        if self.ledger is not None and self._ledger_name is not None:
+            write_entry(self.ledger, "removed", "process", self._ledger_name)
+            self._ledger_name = None
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
@@ -289,6 +300,7 @@ class QemuProcess:
         if self.alive():
             self.process.kill()
         self.process.wait()
+        self._record_gone()
         self.close_qmp()
         if self.host.is_local:
             self.qmp_path.unlink(missing_ok=True)
@@ -303,6 +315,7 @@ class QemuProcess:
             self.process.kill()  # type: ignore[union-attr]
         if self.process is not None:
             self.process.wait(timeout=30)
+            self._record_gone()
         self.close_qmp()
 
     def close_qmp(self) -> None:

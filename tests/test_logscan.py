@@ -62,3 +62,21 @@ def test_a_secondary_losing_its_primary_mid_checkpoint_is_a_fault_consequence(tm
                       "(ram) error\n")
     assert len(scan(stderr, "stderr")) == 1
     assert scan(stderr, "stderr", fault_at=line_time("2026-11-28T19:45:41.000000Z x")) == []
+
+
+def test_unstamped_consequences_are_placed_by_the_log_size_at_the_fault(tmp_path: Path):
+    # QEMU does not stamp messages reported while a QMP command runs (seen in CI on
+    # 2026-11-28: "Can't receive COLO message" with no timestamp after a kill).
+    before = ("2026-11-28T18:18:00.000000Z qemu-system-x86_64: Unable to connect character "
+              "device red0: Failed to connect to '10.22.1.2:9003': Connection refused\n")
+    after = "qemu-system-x86_64: Can't receive COLO message: Input/output error\n"
+    stderr = tmp_path / "e.log"
+    stderr.write_text(before + after)
+    size_at_fault = len(before.encode())
+    assert scan(stderr, "stderr", fault_offset=size_at_fault) == []
+    early = scan(stderr, "stderr", fault_offset=size_at_fault + 1)  # written before the fault
+    assert [f.line_number for f in early] == [2]
+    assert len(scan(stderr, "stderr")) == 1  # no fault at all: an error
+    # a line that is not a known consequence is an error wherever it is
+    stderr.write_text(before + "qemu-system-x86_64: Assertion `x' failed\n")
+    assert len(scan(stderr, "stderr", fault_offset=0)) == 1

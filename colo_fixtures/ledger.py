@@ -1,0 +1,102 @@
+"""The run ledger: every resource a test makes is a JSON line when made and when removed.
+
+Kinds: ``netns``, ``link``, ``qdisc``, ``filter`` (the local lab, see ``net``), ``process``
+(a QEMU on this machine: ``<pid>@<start time in clock ticks>``, so a reused PID is never
+hit) and ``dir`` (a scratch directory). ``clean`` removes what a killed run left, from
+the ledger only: processes first (SIGKILL, by PID, only if the start time matches), then
+directories, then the network in reverse order of creation. ``tools/janitor`` runs it on
+every ledger under the report directory whose run is no longer alive.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import time
+from pathlib import Path
+
+from colo_fixtures.net import read_ledger, remove_items
+
+NETWORK_KINDS = ("netns", "link", "qdisc", "filter")
+LEDGER_NAME = "ledger.jsonl"
+
+
+def write_entry(path: Path, op: str, kind: str, name: str) -> None:
+    """Append one ``created``/``removed`` line, stamped with this run's PID and the time."""
+    entry = {"op": op, "kind": kind, "name": name, "pid": os.getpid(),
+             "time": round(time.time(), 3)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as out:
+        out.write(json.dumps(entry) + "\n")
+
+
+def start_ticks(pid: int) -> int | None:
+    """The process's start time (field 22 of /proc/<pid>/stat), None if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def process_name(pid: int) -> str:
+    """The ledger name of a running local process."""
+    return f"{pid}@{start_ticks(pid)}"
+
+
+def _remove_process(name: str, timeout: float = 10) -> bool:
+    pid_text, _, ticks = name.partition("@")
+    pid = int(pid_text)
+    if str(start_ticks(pid)) != ticks:
+        return False  # gone, or the PID now belongs to another process
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            break
+        if state == "Z":
+            break  # dead; its parent reaps it
+        time.sleep(0.05)
+    return True
+
+
+def run_alive(path: Path) -> int | None:
+    """The PID of the run that wrote ``path`` if that run still runs, else None."""
+    pids = set()
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            pids.add(int(json.loads(line)["pid"]))
+        except (ValueError, KeyError, TypeError):
+            continue
+    for pid in pids:
+        if pid != os.getpid() and start_ticks(pid) is not None:
+            return pid
+    return None
+
+
+def clean(path: Path) -> list[tuple[str, str]]:
+    """Remove every outstanding item of the ledger ``path``; return what could not be."""
+    items = read_ledger(path)
+    failed: list[tuple[str, str]] = []
+    done: list[tuple[str, str]] = []
+    for kind, name in reversed([i for i in items if i[0] == "process"]):
+        try:
+            _remove_process(name)
+            done.append((kind, name))
+        except (OSError, ValueError):
+            failed.append((kind, name))
+    for kind, name in reversed([i for i in items if i[0] == "dir"]):
+        shutil.rmtree(name, ignore_errors=True)
+        (failed if Path(name).exists() else done).append((kind, name))
+    network = [i for i in items if i[0] in NETWORK_KINDS]
+    left = remove_items(network)
+    failed += left
+    done += [item for item in network if item not in left]
+    failed += [i for i in items if i[0] not in (*NETWORK_KINDS, "process", "dir")]
+    for kind, name in done:
+        write_entry(path, "removed", kind, name)
+    return failed
