@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -27,7 +28,7 @@ from colo_fixtures.disks import scratch_root
 from colo_fixtures.faults import Faults
 from colo_fixtures.guest import AGENT_PORT, AgentClient, GuestImage, build_guest, kernel_cmdline
 from colo_fixtures.hosts import Host, LocalNamespaceHost
-from colo_fixtures.known_issues import known_log_message, mark_known_issues
+from colo_fixtures.known_issues import explaining_message, known_log_message, mark_known_issues
 from colo_fixtures.ledger import LEDGER_NAME, run_alive, write_entry
 from colo_fixtures.ledger import clean as clean_ledger_file
 from colo_fixtures.logscan import Finding, scan
@@ -284,6 +285,9 @@ def start_colo(request: pytest.FixtureRequest, colo_settings: Settings, qemu_bui
     findings = []
     for colo in started:
         try:
+            if failed:  # a failure or a pytest-timeout: how the QEMUs looked at that moment
+                with contextlib.suppress(Exception):
+                    (artifacts / "diagnosis.txt").write_text(colo.pair.diagnosis() + "\n")
             findings += _collect_evidence(colo, artifacts)
         finally:
             colo.pair.stop()
@@ -423,3 +427,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
     rep = outcome.get_result()
     if rep.when == "call":
         item.stash[report.FAILED_KEY] = rep.failed
+        folder = getattr(item, "funcargs", {}).get("artifacts")
+        if rep.failed and isinstance(folder, Path):
+            logs = sorted(folder.glob("*-stderr.log")) + sorted(folder.glob("*-console.log"))
+            if found := explaining_message(logs):
+                message, where = found
+                rep.outcome = "skipped"
+                rep.wasxfail = f"known issue ({where}): {message.reason}"

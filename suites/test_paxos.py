@@ -12,8 +12,10 @@ from __future__ import annotations
 import allure
 import pytest
 
+# One vm-ft group per machine (fixed /dev/shm sockets, ifb0): with xdist, --dist loadgroup
+# keeps these tests on one worker.
 pytestmark = [pytest.mark.colo, pytest.mark.paxos, pytest.mark.rdma,
-              allure.epic("vm-ft"), allure.feature("RDMA Paxos")]
+              pytest.mark.xdist_group("vmft"), allure.epic("vm-ft"), allure.feature("RDMA Paxos")]
 
 DELAY_MS = 2000  # sync_type 1 checkpoints on idle; the delay bounds the period
 

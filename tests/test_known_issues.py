@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 from colo_fixtures.known_issues import KNOWN_ISSUES, KnownIssue, mark_known_issues
 
 
@@ -48,5 +52,32 @@ def test_known_log_message_is_recognised_and_others_are_not():
     line = ("2026-11-28T19:27:39.371229Z qemu-system-x86_64: virtio: zero sized buffers are "
             "not allowed")
     issue = known_log_message(line)
-    assert issue is not None and "cause not yet identified" in issue.reason
+    assert issue is not None and "cause not identified" in issue.reason
+    assert issue.explains_failure
     assert known_log_message("qemu-system-x86_64: Can't receive COLO message") is None
+
+
+BROKEN_NIC = ("2026-11-28T21:51:35.998773Z qemu-system-x86_64: virtio: zero sized buffers "
+              "are not allowed\n")
+
+
+def test_a_failure_explained_by_a_known_message_is_an_expected_failure(tmp_path: Path):
+    tests = tmp_path / "test_explained.py"
+    tests.write_text(
+        "def test_explained(artifacts):\n"
+        f"    (artifacts / 'secondary-stderr.log').write_text({BROKEN_NIC!r})\n"
+        "    assert False, 'the client timed out after the failover'\n"
+        "\n"
+        "def test_unexplained(artifacts):\n"
+        "    (artifacts / 'secondary-stderr.log').write_text('all quiet\\n')\n"
+        "    assert False, 'a real failure'\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", str(tests), "-rxf", "-p", "no:cacheprovider",
+         "--report-dir", str(tmp_path / "reports"), "--rootdir", str(tmp_path)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    out = result.stdout
+    assert result.returncode == 1, out
+    assert "1 failed, 1 xfailed" in out
+    assert "XFAIL test_explained.py::test_explained - known issue (secondary-stderr.log:1)" \
+        in out
+    assert "FAILED test_explained.py::test_unexplained" in out
