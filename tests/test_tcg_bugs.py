@@ -1,8 +1,9 @@
 """The two TCG bugs of QEMU 7.2's COLO are caught by the suites, each with a diagnosis.
 
 These run the real checkpoint suite in a child pytest against a QEMU that lacks fixes:
-Debian's stock binary (no fix: the first checkpoint deadlocks) and a build with only
-patch 0001 (the secondary's memory diverges). Both must fail, loudly and in bounded time.
+Debian's stock binary (no fix: the first checkpoint deadlocks, or now and then the
+secondary's guest crashes first) and a build with only patch 0001 (the secondary's memory
+diverges). Both must fail, loudly and in bounded time.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ DIVERGENCE_SIGNS = ("MEMCHECK FAIL", "memory check failed", "general protection"
 
 
 def run_suite(tmp_path: Path, test: str, *options: str, timeout: float) -> tuple[int, str, float]:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     result = subprocess.run(
         [sys.executable, "-m", "pytest", f"suites/test_checkpoint.py::{test}", "-p",
@@ -34,15 +36,28 @@ def run_suite(tmp_path: Path, test: str, *options: str, timeout: float) -> tuple
     return result.returncode, output, time.monotonic() - started
 
 
+DEADLOCK_ATTEMPTS = 3
+
+
 @pytest.mark.skipif(not STOCK_QEMU.exists(), reason="Debian's qemu-system-x86 is not installed")
 def test_stock_qemu_deadlock_is_diagnosed(tmp_path: Path):
-    rc, output, seconds = run_suite(
-        tmp_path, "test_periodic_checkpoints_follow_delay[1000]",
-        "--qemu-binary", str(STOCK_QEMU), timeout=600)
-    assert rc == 1, f"the suite did not fail against stock QEMU (rc {rc}):\n{output[-3000:]}"
-    assert "QMP unresponsive" in output, output[-3000:]
-    assert "TCG checkpoint deadlock" in output, output[-3000:]
-    print(f"stock QEMU deadlock diagnosed in {seconds:.0f}s")
+    """Stock QEMU has both bugs: each run must fail with one of the two diagnoses (never
+    pass, never hang). The deadlock usually comes first; when the secondary's diverged
+    memory crashes its guest before the first checkpoint completes, run again."""
+    outcomes = []
+    for attempt in range(1, DEADLOCK_ATTEMPTS + 1):
+        rc, output, seconds = run_suite(
+            tmp_path / str(attempt), "test_periodic_checkpoints_follow_delay[1000]",
+            "--qemu-binary", str(STOCK_QEMU), timeout=600)
+        assert rc == 1, f"the suite did not fail against stock QEMU (rc {rc}):\n{output[-3000:]}"
+        if "QMP unresponsive" in output and "TCG checkpoint deadlock" in output:
+            print(f"stock QEMU deadlock diagnosed in {seconds:.0f}s (attempt {attempt}; "
+                  f"before: {outcomes or 'none'})")
+            return
+        assert "guest failed" in output and any(s in output for s in DIVERGENCE_SIGNS), \
+            f"stock QEMU failed without either diagnosis:\n{output[-3000:]}"
+        outcomes.append(f"secondary guest crash after {seconds:.0f}s")
+    pytest.fail(f"no deadlock diagnosis in {DEADLOCK_ATTEMPTS} runs: {outcomes}")
 
 
 def test_build_with_only_the_first_fix_is_caught(tmp_path: Path):
