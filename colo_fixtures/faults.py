@@ -12,8 +12,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from colo_fixtures.qemu import QemuError, QemuProcess
-
-FAULT_SIGNALS = ("kill", "stop")  # what breaks something (SIGCONT does not)
+from colo_fixtures.workload import FAULTS  # what breaks something (SIGCONT does not)
 
 
 class Recorder(Protocol):
@@ -32,7 +31,7 @@ class Faults:
     def _signal(self, process: QemuProcess, signum: int, f: str, detail: str | None) -> float:
         if not process.alive():
             raise QemuError(f"cannot {f} {process.name}: it is not running")
-        if f in FAULT_SIGNALS and self.before_fault is not None:
+        if f in FAULTS and self.before_fault is not None:
             self.before_fault()
         # Recorded before the signal goes out: the survivor may log the loss of its peer
         # within milliseconds, and the log analyzer excuses only what follows the fault.
