@@ -7,8 +7,10 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import tempfile
+import threading
 import time
 import uuid
 import warnings
@@ -79,6 +81,24 @@ def pytest_configure(config: pytest.Config) -> None:
         config.stash[SETTINGS_KEY] = load_settings(cli, ini, os.environ)
     except SettingsError as exc:
         raise pytest.UsageError(str(exc)) from None
+    global _SIGTERM_OWNER
+    if threading.current_thread() is threading.main_thread():
+        _SIGTERM_OWNER = os.getpid()
+        signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
+
+
+_SIGTERM_OWNER: int | None = None
+
+
+def _interrupt_on_sigterm(signum: int, frame: object) -> None:
+    """SIGTERM (a CI runner cancelling the job) ends the run like Ctrl-C: pytest stops and
+    every fixture's teardown still stops the QEMUs and removes the lab. A process forked
+    from pytest (pyroute2's namespace helpers) inherits this handler: it dies as usual."""
+    if os.getpid() != _SIGTERM_OWNER:
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        return
+    raise KeyboardInterrupt(f"stopped by signal {signal.Signals(signum).name}")
 
 
 @pytest.fixture(scope="session")

@@ -94,3 +94,34 @@ def test_janitor_skips_a_live_run(tmp_path: Path):
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_interrupted_run_tears_down_everything(tmp_path: Path, signum: int):
+    """Ctrl-C (SIGINT) or a cancelled CI job (SIGTERM) in the middle of a COLO test: the
+    teardown still runs, so the ledger ends with nothing outstanding and no janitor is
+    needed."""
+    report_dir = tmp_path / "reports"
+    run = subprocess.Popen([sys.executable, "-m", "pytest", TEST, "-q", "-p", "no:cacheprovider",
+                            "--report-dir", str(report_dir)], cwd=ROOT, start_new_session=True,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 600
+        while sum(kind == "process" for kind, _ in outstanding(report_dir)) < 2:
+            assert run.poll() is None and time.monotonic() < deadline, \
+                "the run never started both QEMUs"
+            time.sleep(0.2)
+        time.sleep(1.0)
+        left_before = outstanding(report_dir)
+        run.send_signal(signum)
+        output = run.communicate(timeout=120)[0].decode()
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait(30)
+    assert run.returncode != 0, output[-2000:]
+    assert "KeyboardInterrupt" in output, output[-2000:]
+    assert outstanding(report_dir) == [], output[-2000:]
+    pids = [int(name.split("@")[0]) for kind, name in left_before if kind == "process"]
+    assert pids and all(gone(pid) for pid in pids)
+    assert not any(netns_exists(name) for kind, name in left_before if kind == "netns")
