@@ -32,13 +32,25 @@ def write_entry(path: Path, op: str, kind: str, name: str) -> None:
         out.write(json.dumps(entry) + "\n")
 
 
-def start_ticks(pid: int) -> int | None:
-    """The process's start time (field 22 of /proc/<pid>/stat), None if it is gone."""
+def proc_stat(pid: int) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command name (state, ppid, ...), or None if
+    the process is gone."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return None
-    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def start_ticks(pid: int) -> int | None:
+    """The process's start time (field 22 of /proc/<pid>/stat), None if it is gone."""
+    fields = proc_stat(pid)
+    return int(fields[19]) if fields else None
+
+
+def is_gone(pid: int) -> bool:
+    """Whether ``pid`` no longer runs (a zombie counts: only its reaping is left)."""
+    fields = proc_stat(pid)
+    return fields is None or fields[0] == "Z"
 
 
 def process_name(pid: int) -> str:
@@ -53,13 +65,7 @@ def _remove_process(name: str, timeout: float = 10) -> bool:
         return False  # gone, or the PID now belongs to another process
     os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            break
-        if state == "Z":
-            break  # dead; its parent reaps it
+    while not is_gone(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
     return True
 

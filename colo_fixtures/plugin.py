@@ -29,7 +29,7 @@ from colo_fixtures.colo import ColoPair, VmConfig
 from colo_fixtures.disks import scratch_root
 from colo_fixtures.faults import Faults
 from colo_fixtures.guest import AGENT_PORT, AgentClient, GuestImage, build_guest, kernel_cmdline
-from colo_fixtures.hosts import Host, LocalNamespaceHost
+from colo_fixtures.hosts import namespace_hosts
 from colo_fixtures.known_issues import explaining_message, known_log_message, mark_known_issues
 from colo_fixtures.ledger import LEDGER_NAME, run_alive, write_entry
 from colo_fixtures.ledger import clean as clean_ledger_file
@@ -287,8 +287,7 @@ def start_colo(request: pytest.FixtureRequest, colo_settings: Settings, qemu_bui
             lab.destroy()
             raise
         scratch.append(root)
-        hosts = {role: LocalNamespaceHost(spec.netns, role, spec.netns)
-                 for role, spec in topo.hosts.items()}
+        hosts = namespace_hosts(topo)
         vm = VmConfig(qemu_build.binary, tuple(qemu_build.firmware_args()), accel,
                       s.guest_memory, guest_image.kernel, guest_image.initrd,
                       kernel_cmdline(f"{topo.vm_addr}/24", AGENT_PORT, membuf_mib=membuf_mib),
@@ -361,8 +360,7 @@ def vmft_group(colo_settings: Settings, vmft_build: VmftBuild, guest_image: Gues
                 append=kernel_cmdline(f"{topo.vm_addr}/24", AGENT_PORT))
     with LocalLab(topo, ledger=artifacts / LEDGER_NAME):
         run_dir = Path(tempfile.mkdtemp(prefix=f"vmft-{topo.run_tag}-", dir=scratch_root()))
-        hosts: dict[str, Host] = {role: LocalNamespaceHost(spec.netns, role, spec.netns)
-                                  for role, spec in topo.hosts.items()}
+        hosts = namespace_hosts(topo)
         group = VmftGroup(vmft_build, vm, topo, hosts, run_dir, artifacts, s.wait_timeout)
         try:
             group.start_nodes()

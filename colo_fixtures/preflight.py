@@ -73,10 +73,14 @@ class Preflight:
         return "vm-ft preflight: " + "; ".join(lines) if lines else None
 
 
+def _devices(sys_dir: Path) -> list[str]:
+    return sorted(p.name for p in sys_dir.iterdir()) if sys_dir.is_dir() else []
+
+
 def check_rdma(device: str | None, sys_dir: Path = SYS_INFINIBAND) -> Check:
     """An RDMA device (``device`` or the first) with IB port 2 ACTIVE."""
     name = "rdma device"
-    devices = sorted(p.name for p in sys_dir.iterdir()) if sys_dir.is_dir() else []
+    devices = _devices(sys_dir)
     if not devices:
         return Check(name, False, f"no RDMA device under {sys_dir}: vm-ft needs an InfiniBand "
                      "HCA with its driver (rdma-core, or MLNX_OFED as in the seed)")
@@ -145,7 +149,7 @@ def rdma_address(device: str | None, sys_dir: Path = SYS_INFINIBAND) -> tuple[st
     an ``rdma:`` migration URI needs; ValueError saying what is missing."""
     from pyroute2 import IPRoute
 
-    devices = sorted(p.name for p in sys_dir.iterdir()) if sys_dir.is_dir() else []
+    devices = _devices(sys_dir)
     chosen = device or (devices[0] if devices else None)
     if chosen is None or chosen not in devices:
         raise ValueError(f"RDMA device {chosen or '(none)'} not under {sys_dir}")

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from colo_fixtures.ledger import proc_stat
 from colo_fixtures.net import ns_exec_argv
 from colo_fixtures.topology import HostSpec
 
@@ -78,10 +79,9 @@ class Sshd:
 def descendants(pid: int) -> list[int]:
     """PIDs of every process below ``pid`` (from /proc), children first."""
     parents: dict[int, int] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with suppress(OSError, ValueError, IndexError):
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            parents[int(stat.parent.name)] = int(fields[1])
+    for entry in Path("/proc").glob("[0-9]*"):
+        if fields := proc_stat(int(entry.name)):
+            parents[int(entry.name)] = int(fields[1])
     found, frontier = [], [pid]
     while frontier:
         parent = frontier.pop()

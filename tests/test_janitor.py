@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from colo_fixtures.ledger import LEDGER_NAME, start_ticks
+from colo_fixtures.ledger import LEDGER_NAME, is_gone, start_ticks
 from colo_fixtures.net import netns_exists, read_ledger
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,14 +27,6 @@ def outstanding(report_dir: Path) -> list[tuple[str, str]]:
     for ledger in (report_dir / "artifacts").glob(f"*/{LEDGER_NAME}"):
         items += read_ledger(ledger)
     return items
-
-
-def gone(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return True
-    return state == "Z"  # killed; only its reaping (by init) is left
 
 
 def test_janitor_cleans_up_after_a_killed_run(tmp_path: Path):
@@ -59,7 +51,7 @@ def test_janitor_cleans_up_after_a_killed_run(tmp_path: Path):
     pids = [int(name.split("@")[0]) for kind, name in left if kind == "process"]
     namespaces = [name for kind, name in left if kind == "netns"]
     scratch = [Path(name) for kind, name in left if kind == "dir"]
-    assert all(start_ticks(pid) is not None and not gone(pid) for pid in pids)
+    assert all(start_ticks(pid) is not None and not is_gone(pid) for pid in pids)
     assert all(netns_exists(ns) for ns in namespaces) and all(d.exists() for d in scratch)
 
     janitor = subprocess.run([sys.executable, str(ROOT / "tools/janitor"), "--report-dir",
@@ -67,9 +59,9 @@ def test_janitor_cleans_up_after_a_killed_run(tmp_path: Path):
     assert janitor.returncode == 0, janitor.stdout + janitor.stderr
     assert f"{len(left)} removed, 0 left" in janitor.stdout
     deadline = time.monotonic() + 10
-    while not all(gone(pid) for pid in pids) and time.monotonic() < deadline:
+    while not all(is_gone(pid) for pid in pids) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert all(gone(pid) for pid in pids)
+    assert all(is_gone(pid) for pid in pids)
     assert not any(netns_exists(ns) for ns in namespaces)
     assert not any(d.exists() for d in scratch)
     assert outstanding(report_dir) == []
@@ -123,5 +115,5 @@ def test_interrupted_run_tears_down_everything(tmp_path: Path, signum: int):
     assert "KeyboardInterrupt" in output, output[-2000:]
     assert outstanding(report_dir) == [], output[-2000:]
     pids = [int(name.split("@")[0]) for kind, name in left_before if kind == "process"]
-    assert pids and all(gone(pid) for pid in pids)
+    assert pids and all(is_gone(pid) for pid in pids)
     assert not any(netns_exists(name) for kind, name in left_before if kind == "netns")

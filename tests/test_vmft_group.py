@@ -24,7 +24,7 @@ from colo_fixtures.build import FIRMWARE_DIRS, provide_qemu
 from colo_fixtures.cache import default_cache_dir
 from colo_fixtures.disks import scratch_root
 from colo_fixtures.guest import AGENT_PORT, GuestImage, kernel_cmdline
-from colo_fixtures.hosts import Host, LocalNamespaceHost
+from colo_fixtures.hosts import namespace_hosts
 from colo_fixtures.net import LocalLab
 from colo_fixtures.qemu import QemuError
 from colo_fixtures.settings import DEFAULT_PATCHES
@@ -85,8 +85,7 @@ def group(stand_in_build: VmftBuild, image: GuestImage, shm_sockets,
                 append=kernel_cmdline(f"{topo.vm_addr}/24", AGENT_PORT))
     with LocalLab(topo, ledger=tmp_path / "ledger.jsonl"):
         run_dir = Path(tempfile.mkdtemp(prefix=f"vmft-{topo.run_tag}-", dir=scratch_root()))
-        hosts: dict[str, Host] = {role: LocalNamespaceHost(spec.netns, role, spec.netns)
-                                  for role, spec in topo.hosts.items()}
+        hosts = namespace_hosts(topo)
         the_group = VmftGroup(stand_in_build, vm, topo, hosts, run_dir, tmp_path / "artifacts",
                               timeout=20)
         try:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from colo_fixtures.hosts.base import Host, Process, Result, popen, run_local
 from colo_fixtures.net import ns_exec_argv
+from colo_fixtures.topology import Topology
 
 
 class LocalHost(Host):
@@ -38,3 +39,9 @@ class LocalNamespaceHost(Host):
     def spawn(self, argv: list[str], log: Path, env: dict[str, str] | None = None,
               cwd: Path | None = None) -> Process:
         return popen(self.launcher(argv), log, env, cwd)
+
+
+def namespace_hosts(topo: Topology) -> dict[str, Host]:
+    """A namespace host for every role of the embedded lab ``topo``."""
+    return {role: LocalNamespaceHost(spec.netns, role, spec.netns)
+            for role, spec in topo.hosts.items()}
