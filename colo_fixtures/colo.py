@@ -189,7 +189,10 @@ class FailoverTimes:
 
 @dataclass
 class ColoPair:
-    """Primary and secondary QEMU of one COLO pair, placed on the lab's two hosts."""
+    """Primary and secondary QEMU of one COLO pair, placed on the lab's two hosts.
+
+    ``scratch`` is a directory with the same path on every host (disks, sockets, and the
+    logs of remote QEMUs); ``workdir`` is this machine's artifact folder."""
 
     vm: VmConfig
     topo: Topology
@@ -233,11 +236,13 @@ class ColoPair:
         self.launches += 1
         name = role if self.launches <= 2 else f"{role}{self.launches - 1}"
         return QemuProcess(name, argv, self.workdir, self.scratch / "sock",
-                           host=self.hosts[host.role], ledger=self.workdir / LEDGER_NAME)
+                           host=self.hosts[host.role], host_dir=self.scratch / "logs",
+                           ledger=self.workdir / LEDGER_NAME)
 
     def _dir(self, host: HostSpec) -> Path:
+        """A fresh directory on ``host`` under the scratch directory (which is on the hosts)."""
         path = self.scratch / f"{host.role}-{self.launches}"
-        path.mkdir(parents=True, exist_ok=True)
+        self.hosts[host.role].make_dir(path)
         return path
 
     # ------------------------------------------------------------------ start

@@ -11,6 +11,7 @@ from typing import Any
 from colo_fixtures.colo import ColoPair
 from colo_fixtures.disks import allocated_bytes, digest, images_identical, raw_copy
 from colo_fixtures.guest import KvRecord, disk_store, parse_disk_records
+from colo_fixtures.hosts import LocalHost
 from colo_fixtures.qemu import QemuProcess
 
 
@@ -62,12 +63,19 @@ def compare_replicas(pair: ColoPair, scratch: Path) -> ReplicaComparison:
                    "secondary live view": live}
         hosts = {"primary disk": pri_host, "secondary base": sec_host,
                  "secondary live view": pri_host}
-        digests = {name: digest(raw_copy(hosts[name], source, scratch / f"{i}.raw"), name)
-                   for i, (name, source) in enumerate(sources.items())}
+        copies = {name: raw_copy(hosts[name], source, scratch / f"{i}.raw",
+                                 host_dir=pair.scratch / "copies")
+                  for i, (name, source) in enumerate(sources.items())}
+        digests = {name: digest(copy, name) for name, copy in copies.items()}
         messages = {}
         same = True
         for name in ("secondary base", "secondary live view"):
-            identical, messages[name] = images_identical(pri_host, pri_source, sources[name])
+            if pri_host.is_local and sec_host.is_local:  # the images themselves
+                identical, messages[name] = images_identical(pri_host, pri_source,
+                                                             sources[name])
+            else:  # hosts apart: their byte-exact copies, here
+                identical, messages[name] = images_identical(
+                    LocalHost(), str(copies["primary disk"]), str(copies[name]))
             same = same and identical
     reference = digests["primary disk"]
     mismatches = {name: [hex(offset) for offset in reference.differing_offsets(d)]
@@ -95,5 +103,5 @@ def survivor_store(pair: ColoPair, scratch: Path) -> dict[str, KvRecord]:
     host = pair.hosts[survivor.host.role]
     scratch.mkdir(parents=True, exist_ok=True)
     with pair.live_export(survivor.process) as live:
-        image = raw_copy(host, live, scratch / "survivor.raw")
+        image = raw_copy(host, live, scratch / "survivor.raw", host_dir=pair.scratch / "copies")
     return disk_store(parse_disk_records(image.read_bytes()))

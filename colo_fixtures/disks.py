@@ -75,13 +75,23 @@ class DiskDigest:
         return offsets + [i * REGION for i in range(shorter, longer)]
 
 
-def raw_copy(host: Host, source: str, dest: Path, fmt: str = "raw") -> Path:
-    """A raw copy of ``source`` (file or nbd:// URI) made on ``host``; force-share (-U) lets
-    it read an image a running QEMU holds."""
-    argv = ["qemu-img", "convert", "-f", fmt, "-O", "raw", source, str(dest)]
+def raw_copy(host: Host, source: str, dest: Path, fmt: str = "raw",
+             host_dir: Path | None = None) -> Path:
+    """A raw copy of ``source`` (file or nbd:// URI) made on ``host``, in this machine's file
+    ``dest``; force-share (-U) lets it read an image a running QEMU holds. A remote host
+    writes the copy into its ``host_dir``; it is fetched and removed there."""
+    target = dest if host.is_local or host_dir is None else host_dir / dest.name
+    argv = ["qemu-img", "convert", "-f", fmt, "-O", "raw", source, str(target)]
     if not source.startswith("nbd://"):
         argv.insert(2, "-U")
+    if target != dest:
+        host.make_dir(host_dir)  # type: ignore[arg-type]
     host.run(argv, timeout=300)
+    if target != dest:
+        try:
+            host.fetch(target, dest)
+        finally:
+            host.run(["rm", "-f", "--", str(target)], check=False)
     return dest
 
 

@@ -31,19 +31,43 @@ class Faults:
     def _signal(self, process: QemuProcess, signum: int, f: str, detail: str | None) -> float:
         if not process.alive():
             raise QemuError(f"cannot {f} {process.name}: it is not running")
-        if f in FAULTS and self.before_fault is not None:
-            self.before_fault()
-        # Recorded before the signal goes out: the survivor may log the loss of its peer
-        # within milliseconds, and the log analyzer excuses only what follows the fault.
-        op = self.history.nemesis(f, process.name, detail)
-        process.signal(signum)
-        return op.wall
+        return self.armed(process, signum, f, detail)()
+
+    def armed(self, process: QemuProcess, signum: int, f: str,
+              detail: str | None = None) -> Callable[[], float]:
+        """Prepare the fault now and return its trigger (which returns the fault's wall
+        time): what takes round trips to a remote host is done before the moment counts."""
+        fire = process.arm_signal(signum)
+
+        def trigger() -> float:
+            if f in FAULTS and self.before_fault is not None:
+                self.before_fault()
+            # Recorded before the signal goes out: the survivor may log the loss of its peer
+            # within milliseconds, and the log analyzer excuses only what follows the fault.
+            op = self.history.nemesis(f, process.name, detail)
+            fire()
+            return op.wall
+
+        return trigger
 
     def kill(self, process: QemuProcess, detail: str | None = None) -> float:
         """SIGKILL: the host dies without a word."""
-        at = self._signal(process, signal.SIGKILL, "kill", detail)
-        process.process.wait(timeout=30)  # type: ignore[union-attr]
-        return at
+        return self.prepare_kill(process, detail)()
+
+    def prepare_kill(self, process: QemuProcess,
+                     detail: str | None = None) -> Callable[[], float]:
+        """A SIGKILL made ready now, to be triggered at a precise moment (inside a
+        checkpoint); the trigger returns the fault's wall time once the process is gone."""
+        if not process.alive():
+            raise QemuError(f"cannot kill {process.name}: it is not running")
+        trigger = self.armed(process, signal.SIGKILL, "kill", detail)
+
+        def kill() -> float:
+            at = trigger()
+            process.process.wait(timeout=30)  # type: ignore[union-attr]
+            return at
+
+        return kill
 
     def stop(self, process: QemuProcess, detail: str | None = None) -> float:
         """SIGSTOP: the host hangs; its sockets stay open and nothing answers."""

@@ -9,7 +9,9 @@ the same code serves any backend. What is made is recorded with the argv that un
 
 The steps are the seed's: br0 with the external interface and (on the primary) tap0 in
 it; the secondary's tap0 up but outside the bridge until failover; on the primary, ifb0
-fed by an ingress qdisc on tap0 with a u32 match-all mirred redirect (step 2).
+fed by an ingress qdisc on tap0 with a u32 match-all mirred redirect (step 2). IPv6 is
+turned off on br0, tap0 and the external interface (restored at teardown), as the
+embedded lab does for its namespaces, so the host itself sends nothing to the VM.
 """
 
 from __future__ import annotations
@@ -55,10 +57,13 @@ class HostNetwork:
             self._make(f"create tap {tap}", self._ip("tuntap", "add", "dev", tap,
                                                         "mode", "tap"),
                        self._ip("tuntap", "del", "dev", tap, "mode", "tap"))
+            for made in (s.bridge, tap):
+                self._quiet(made, restore=None)
             if enslave_tap:
                 self.attach_tap()
             self._make(f"set {tap} up", self._ip("link", "set", tap, "up"), None)
             if s.ext_if is not None:
+                self._quiet(s.ext_if, restore=self._ipv6_disabled(s.ext_if))
                 self._make(f"put {s.ext_if} into {s.bridge}",
                            self._ip("link", "set", s.ext_if, "master", s.bridge),
                            self._ip("link", "set", s.ext_if, "nomaster"))
@@ -69,6 +74,22 @@ class HostNetwork:
         except BaseException:
             self.teardown()
             raise
+
+    def _ipv6_disabled(self, ifname: str) -> str | None:
+        result = self.host.run(["sysctl", "-n", f"net/ipv6/conf/{ifname}/disable_ipv6"],
+                               check=False)
+        return result.stdout.strip() if result.rc == 0 else None
+
+    def _quiet(self, ifname: str, restore: str | None) -> None:
+        """No IPv6 on a link of the VM network: the host then sends nothing into it (no
+        router solicitation, MLD or DAD), so the VM sees only what clients send, as on the
+        embedded lab (colo-compare handles only IPv4, and the primary's mirror must not
+        get traffic before the secondary connects). ``restore`` is the value to put back."""
+        if self._ipv6_disabled(ifname) is None:
+            return  # no IPv6 on this host
+        key = f"net/ipv6/conf/{ifname}/disable_ipv6"
+        self._make(f"turn IPv6 off on {ifname}", ["sysctl", "-q", "-w", f"{key}=1"],
+                   None if restore in (None, "1") else ["sysctl", "-q", "-w", f"{key}={restore}"])
 
     def _ifb_redirect(self, tap: str, ifb: str) -> None:
         self._make(f"create {ifb}", self._ip("link", "add", ifb, "type", "ifb"),
@@ -96,11 +117,18 @@ class HostNetwork:
 
     def teardown(self) -> list[str]:
         """Undo in reverse; returns the steps that failed for another reason than 'gone'."""
-        failed = []
-        while self.undo:
-            what, argv = self.undo.pop()
-            result = self.host.run(argv, timeout=30, check=False)
-            if result.rc != 0 and not any(g in result.stderr for g in GONE):
-                failed.append(f"undo '{what}': {' '.join(argv)}: {result.stderr.strip()}")
-        return failed
+        steps, self.undo = self.undo, []
+        return run_undo(self.host, steps)
+
+
+def run_undo(host: Host, steps: list[tuple[str, list[str]]]) -> list[str]:
+    """Run undo ``steps`` (what, argv) on ``host`` in reverse order; return those that failed
+    for another reason than the thing being gone already."""
+    failed = []
+    for what, argv in reversed(steps):
+        result = host.run(argv, timeout=30, check=False)
+        if result.rc != 0 and not any(g in result.stderr for g in GONE):
+            failed.append(f"{host.name}: undo '{what}': {' '.join(argv)}: "
+                          f"{result.stderr.strip()}")
+    return failed
 

@@ -7,6 +7,7 @@ Example (see ``tools/inventory.example.toml``)::
     scratch = "/mnt/ramfs/colo"           # tmpfs for active/hidden disks and sockets
     images = "/srv/images"                # where base images live
     vm_address = "192.168.100.10"         # the protected VM, on the external network
+    vm_prefix = 24                        # its prefix length (default 24)
 
     [hosts.primary]
     ssh = "root@lab-a.example:22"         # user@host[:port]
@@ -34,7 +35,7 @@ REQUIRED_ROLES = ("primary", "secondary")
 SSH_RE = re.compile(r"^(?P<user>[A-Za-z_][A-Za-z0-9_.-]*)@(?P<host>[A-Za-z0-9.:\[\]-]+?)"
                     r"(?::(?P<port>\d+))?$")
 NAME_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,15}$")  # interface names (IFNAMSIZ)
-LAB_KEYS = {"vmft_root", "scratch", "images", "vm_address", "known_hosts"}
+LAB_KEYS = {"vmft_root", "scratch", "images", "vm_address", "vm_prefix", "known_hosts"}
 HOST_KEYS = {"ssh", "key", "replication", "external", "rdma_device"}
 REPLICATION_KEYS = {"interface", "address"}
 EXTERNAL_KEYS = {"interface", "bridge", "tap", "address"}
@@ -76,6 +77,7 @@ class Inventory:
     vmft_root: Path | None = None
     images: Path | None = None
     vm_address: str | None = None
+    vm_prefix: int = 24
     known_hosts: Path | None = None
 
     def host(self, role: str) -> InventoryHost:
@@ -156,9 +158,17 @@ def load_inventory(path: Path) -> Inventory:
         images=_abs_path(lab["images"], "lab", "images", source) if "images" in lab else None,
         vm_address=_address(lab["vm_address"], "lab", "vm_address", source)
         if "vm_address" in lab else None,
+        vm_prefix=_prefix(lab.get("vm_prefix", 24), source),
         known_hosts=_local_file(lab["known_hosts"], path.parent, "lab", "known_hosts", source)
         if "known_hosts" in lab else None,
     )
+
+
+def _prefix(value: Any, source: _Source) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 8 <= value <= 30:
+        raise source.error("lab", "vm_prefix", f"lab.vm_prefix = {value!r}: a prefix length "
+                           "8..30 (e.g. 24)")
+    return value
 
 
 def _line_from(message: str) -> int:

@@ -4,8 +4,11 @@ Kinds: ``netns``, ``link``, ``qdisc``, ``filter`` (the local lab, see ``net``), 
 (a QEMU on this machine: ``<pid>@<start time in clock ticks>``, so a reused PID is never
 hit) and ``dir`` (a scratch directory). ``clean`` removes what a killed run left, from
 the ledger only: processes first (SIGKILL, by PID, only if the start time matches), then
-directories, then the network in reverse order of creation. ``tools/janitor`` runs it on
-every ledger under the report directory whose run is no longer alive.
+directories, then the network in reverse order of creation. The inventory profile's
+items on SSH hosts (``ssh-process``, ``ssh-dir``, ``ssh-network``: JSON naming the host's
+SSH details and the PID and start time, path or undo steps) are removed over SSH the same
+way. ``tools/janitor`` runs it on every ledger under the report directory whose run is no
+longer alive.
 """
 
 from __future__ import annotations
@@ -102,7 +105,15 @@ def clean(path: Path) -> list[tuple[str, str]]:
     left = remove_items(network)
     failed += left
     done += [item for item in network if item not in left]
-    failed += [i for i in items if i[0] not in (*NETWORK_KINDS, "process", "dir")]
+    remote = [i for i in items if i[0].startswith("ssh-")]
+    if remote:  # the inventory profile's hosts (imported here: it is a higher layer)
+        from colo_fixtures.inventory_lab import clean_remote
+
+        left = clean_remote(remote)
+        failed += left
+        done += [item for item in remote if item not in left]
+    failed += [i for i in items if i[0] not in (*NETWORK_KINDS, "process", "dir")
+               and not i[0].startswith("ssh-")]
     for kind, name in done:
         write_entry(path, "removed", kind, name)
     return failed

@@ -602,6 +602,10 @@ class LocalLab:
         with _ipr(host.netns) as ipr:
             self._set(ipr, host.netns, _need(host.tap, host, "tap"), master=0)
 
+    def connect(self, address: str, port: int, timeout: float) -> socket.socket:
+        """A TCP connection from the client namespace (retried until ``timeout``)."""
+        return connect_in_ns(self.topo.client.netns, address, port, timeout)
+
     def ifb_stats(self) -> dict[str, int]:
         """Counters of the primary's redirection: ifb0 rx/tx, tap0 rx and the mirred action."""
         host = self.topo.primary

@@ -29,16 +29,24 @@ from colo_fixtures.colo import ColoPair, VmConfig
 from colo_fixtures.disks import scratch_root
 from colo_fixtures.faults import Faults
 from colo_fixtures.guest import AGENT_PORT, AgentClient, GuestImage, build_guest, kernel_cmdline
-from colo_fixtures.hosts import namespace_hosts
+from colo_fixtures.hosts import CommandError, Host, namespace_hosts
+from colo_fixtures.inventory import Inventory, InventoryError, load_inventory
+from colo_fixtures.inventory_lab import (
+    PASSPHRASE_ENV,
+    InventoryLab,
+    InventoryLabError,
+    LabHosts,
+    ssh_hosts,
+)
 from colo_fixtures.known_issues import explaining_message, known_log_message, mark_known_issues
 from colo_fixtures.ledger import LEDGER_NAME, run_alive, write_entry
 from colo_fixtures.ledger import clean as clean_ledger_file
 from colo_fixtures.logscan import Finding, scan
-from colo_fixtures.net import LocalLab, connect_in_ns, read_ledger
+from colo_fixtures.net import LocalLab, read_ledger
 from colo_fixtures.preflight import Preflight, run_preflight
 from colo_fixtures.qemu import QemuError
 from colo_fixtures.settings import KNOBS, Settings, SettingsError, load_settings
-from colo_fixtures.topology import Topology, local_topology
+from colo_fixtures.topology import Topology, inventory_topology, local_topology
 from colo_fixtures.vmft import VmftVm
 from colo_fixtures.vmft_build import VmftBuild, build_vmft
 from colo_fixtures.vmft_group import VmftGroup
@@ -55,6 +63,7 @@ MARKERS = {
     "slow": "long-running variants (nightly)",
 }
 SETTINGS_KEY = pytest.StashKey[Settings]()
+INVENTORY_KEY = pytest.StashKey[tuple[Inventory, Topology]]()
 RUN_ID = uuid.uuid4().hex[:6]
 
 
@@ -81,6 +90,17 @@ def pytest_configure(config: pytest.Config) -> None:
         config.stash[SETTINGS_KEY] = load_settings(cli, ini, os.environ)
     except SettingsError as exc:
         raise pytest.UsageError(str(exc)) from None
+    settings = config.stash[SETTINGS_KEY]
+    if settings.inventory is not None:
+        try:
+            inventory = load_inventory(settings.inventory)
+            config.stash[INVENTORY_KEY] = (inventory, inventory_topology(inventory, RUN_ID))
+        except (InventoryError, ValueError) as exc:
+            raise pytest.UsageError(str(exc)) from None
+        workers = config.getoption("numprocesses", None)
+        if workers not in (None, 0, 1):
+            raise pytest.UsageError(f"-n {workers} with --colo-profile inventory: the inventory "
+                                    "is one lab and runs one COLO pair at a time (drop -n)")
     global _SIGTERM_OWNER
     if threading.current_thread() is threading.main_thread():
         _SIGTERM_OWNER = os.getpid()
@@ -140,6 +160,32 @@ def guest_image(colo_settings: Settings) -> GuestImage:
 
 
 @pytest.fixture(scope="session")
+def lab_hosts(pytestconfig: pytest.Config, colo_settings: Settings, qemu_build: QemuBuild,
+              guest_image: GuestImage) -> Iterator[LabHosts | None]:
+    """The inventory profile's hosts over SSH, checked once, with QEMU and the guest staged
+    on them (None on the local profile)."""
+    if colo_settings.colo_profile != "inventory":
+        yield None
+        return
+    inventory, topo = pytestconfig.stash[INVENTORY_KEY]
+    hosts = LabHosts(inventory, topo, ssh_hosts(inventory, colo_settings.ssh_accept_new,
+                                                os.environ.get(PASSPHRASE_ENV)))
+    try:
+        hosts.check(qemu_build.firmware_args()[1::2])
+        hosts.stage([qemu_build.binary, guest_image.kernel, guest_image.initrd])
+        hosts.check_qemu(hosts.staged[qemu_build.binary])
+    except (InventoryLabError, CommandError) as exc:
+        hosts.close()
+        pytest.fail(f"inventory {inventory.path}: {exc}", pytrace=False)
+    report.environment(lab_profile="inventory", lab_inventory=inventory.path,
+                       lab_hosts=", ".join(h.name for h in hosts.hosts.values()))
+    try:
+        yield hosts
+    finally:
+        hosts.close()
+
+
+@pytest.fixture(scope="session")
 def accel(colo_settings: Settings, qemu_build: QemuBuild, guest_image: GuestImage) -> str:
     """tcg or kvm, after the time-boxed KVM boot probe when --accel auto."""
     chosen, reason = choose_accel(colo_settings.accel, qemu_build, guest_image.kernel,
@@ -184,7 +230,7 @@ class ColoLab:
     """A running COLO pair on the embedded lab, with a way to reach its guest agent."""
 
     topology: Topology
-    lab: LocalLab
+    lab: LocalLab | InventoryLab
     pair: ColoPair
     artifacts: Path
     timeout: float
@@ -204,17 +250,14 @@ class ColoLab:
         consequences, which the log analyzer excuses)."""
         if self.log_sizes_at_fault is not None:
             return
-        sizes = {}
+        sizes: dict[Path, int] = {}
         for process in self.pair.processes:
-            process.sync_logs()
-            for log in (process.console_log, process.stderr_log):
-                sizes[log] = log.stat().st_size if log.exists() else 0
+            sizes.update(process.log_sizes())
         self.log_sizes_at_fault = sizes
 
     def connect(self, timeout: float | None = None) -> socket.socket:
-        """A TCP connection to the guest agent from the client namespace."""
-        return connect_in_ns(self.topology.hosts["client"].netns, self.topology.vm_addr,
-                             AGENT_PORT, timeout or self.timeout)
+        """A TCP connection to the guest agent from the client host."""
+        return self.lab.connect(self.topology.vm_addr, AGENT_PORT, timeout or self.timeout)
 
     def agent(self, timeout: float | None = None) -> AgentClient:
         """A new agent client from the client namespace (closed at teardown)."""
@@ -265,32 +308,47 @@ class ColoLab:
 
 @pytest.fixture
 def start_colo(request: pytest.FixtureRequest, colo_settings: Settings, qemu_build: QemuBuild,
-               guest_image: GuestImage, accel: str, artifacts: Path,
-               worker_id_safe: str) -> Iterator[Callable[..., ColoLab]]:
+               guest_image: GuestImage, accel: str, artifacts: Path, worker_id_safe: str,
+               lab_hosts: LabHosts | None) -> Iterator[Callable[..., ColoLab]]:
     """A factory: ``start_colo(checkpoint_delay_ms)`` builds the lab and starts COLO.
 
-    Teardown stops both QEMUs, removes namespaces and scratch, attaches every log, and
-    fails the test if a console or QEMU stderr shows a known-bad pattern.
+    The lab is the embedded one (namespaces) or, on the inventory profile, the inventory's
+    hosts over SSH. Teardown stops both QEMUs, removes the lab's network and scratch,
+    attaches every log, and fails the test if a console or QEMU stderr shows a known-bad
+    pattern.
     """
     s = colo_settings
     started: list[ColoLab] = []
     scratch: list[Path] = []
+    ledger = artifacts / LEDGER_NAME
 
-    def start(checkpoint_delay_ms: int | None = None, membuf_mib: int = 8) -> ColoLab:
+    def local_lab() -> tuple[LocalLab, Path, dict[str, Host], dict[Path, Path]]:
         topo = local_topology(worker_id_safe, RUN_ID)
-        lab = LocalLab(topo, ledger=artifacts / LEDGER_NAME)
+        lab = LocalLab(topo, ledger=ledger)
         lab.create()
         try:
             root = Path(tempfile.mkdtemp(prefix=f"colo-{topo.run_tag}-", dir=scratch_root()))
-            write_entry(artifacts / LEDGER_NAME, "created", "dir", str(root))
+            write_entry(ledger, "created", "dir", str(root))
         except BaseException:
             lab.destroy()
             raise
         scratch.append(root)
-        hosts = namespace_hosts(topo)
-        vm = VmConfig(qemu_build.binary, tuple(qemu_build.firmware_args()), accel,
-                      s.guest_memory, guest_image.kernel, guest_image.initrd,
-                      kernel_cmdline(f"{topo.vm_addr}/24", AGENT_PORT, membuf_mib=membuf_mib),
+        return lab, root, namespace_hosts(topo), {}
+
+    def ssh_lab(hosts: LabHosts) -> tuple[InventoryLab, Path, dict[str, Host], dict[Path, Path]]:
+        lab = InventoryLab(hosts, ledger=ledger)
+        root = lab.create()
+        return lab, root, hosts.hosts, hosts.staged
+
+    def start(checkpoint_delay_ms: int | None = None, membuf_mib: int = 8) -> ColoLab:
+        lab, root, hosts, staged = local_lab() if lab_hosts is None else ssh_lab(lab_hosts)
+        topo = lab.topo
+        binary, kernel, initrd = (staged.get(path, path) for path in (
+            qemu_build.binary, guest_image.kernel, guest_image.initrd))
+        vm = VmConfig(binary, tuple(qemu_build.firmware_args()), accel, s.guest_memory,
+                      kernel, initrd,
+                      kernel_cmdline(f"{topo.vm_addr}/{topo.ext_prefix}", AGENT_PORT,
+                                     membuf_mib=membuf_mib),
                       topo.vm_mac, runtime_trace=s.colo_trace)
         pair = ColoPair(vm, topo, hosts, lab, root, artifacts, s.wait_timeout)
         colo = ColoLab(topo, lab, pair, artifacts, s.wait_timeout)
@@ -310,7 +368,10 @@ def start_colo(request: pytest.FixtureRequest, colo_settings: Settings, qemu_bui
             findings += _collect_evidence(colo, artifacts)
         finally:
             colo.pair.stop()
-            colo.lab.destroy()
+            if isinstance(colo.lab, InventoryLab):
+                colo.lab.destroy(keep_scratch=failed and s.keep_on_failure)
+            else:
+                colo.lab.destroy()
             report.attach_run(artifacts)
     known = [(f, k) for f in findings if (k := known_log_message(f.line)) is not None]
     if known:

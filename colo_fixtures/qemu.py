@@ -22,7 +22,7 @@ from typing import Any
 from qemu.qmp import ExecuteError, QMPClient
 
 from colo_fixtures.hosts import Host, LocalHost, Process
-from colo_fixtures.ledger import process_name, write_entry
+from colo_fixtures.ledger import write_entry
 
 
 class QemuError(RuntimeError):
@@ -106,11 +106,11 @@ class QemuProcess:
     env: dict[str, str] | None = None
     cwd: Path | None = None
     host_dir: Path | None = None  # where logs are written on a remote host
-    ledger: Path | None = None  # the run ledger that records the process (local hosts)
+    ledger: Path | None = None  # the run ledger that records the process
     events: list[QmpEvent] = field(default_factory=list)
     process: Process | None = None
     _qmp: SyncQmp | None = None
-    _ledger_name: str | None = None
+    _ledger_name: tuple[str, str] | None = None
 
     def on_host(self, local_log: Path) -> Path:
         """Where QEMU writes the log that ``local_log`` mirrors."""
@@ -173,13 +173,13 @@ class QemuProcess:
         argv = self.full_argv()
         (self.workdir / f"{self.name}-argv.txt").write_text("\n".join(argv) + "\n")
         self.process = self.host.spawn(argv, self.on_host(self.stderr_log), self.env, self.cwd)
-        if self.ledger is not None and self.host.is_local:
-            self._ledger_name = process_name(self.process.pid)
-            write_entry(self.ledger, "created", "process", self._ledger_name)
+        if self.ledger is not None:
+            self._ledger_name = self.host.ledger_name(self.process.pid)
+            write_entry(self.ledger, "created", *self._ledger_name)
 
     def _record_gone(self) -> None:
         if self.ledger is not None and self._ledger_name is not None:
-            write_entry(self.ledger, "removed", "process", self._ledger_name)
+            write_entry(self.ledger, "removed", *self._ledger_name)
             self._ledger_name = None
 
     def alive(self) -> bool:
@@ -281,9 +281,22 @@ class QemuProcess:
 
     def signal(self, signum: int) -> None:
         """Send ``signum`` to this QEMU (fault injection)."""
-        if self.process is None:
+        self.arm_signal(signum)()
+
+    def arm_signal(self, signum: int) -> Callable[[], None]:
+        """A trigger that sends ``signum`` when called, prepared now: on a remote host the
+        round trips happen here, so the trigger acts within one packet's latency."""
+        process = self.process
+        if process is None:
             raise QemuError(f"{self.name}: not started")
-        self.process.send_signal(signum)
+        arm = getattr(process, "arm", None)
+        return arm(signum) if arm is not None else lambda: process.send_signal(signum)
+
+    def log_sizes(self) -> dict[Path, int]:
+        """How far the console and stderr logs go now, by this machine's copy of each (a
+        remote host is asked for the sizes only: nothing is copied)."""
+        return {log: self.host.size(self.on_host(log))
+                for log in (self.console_log, self.stderr_log)}
 
     def stop(self, timeout: float = 10) -> int | None:
         """``quit`` over QMP, then SIGKILL after ``timeout``; close QMP; remove the socket."""

@@ -21,7 +21,7 @@ from colo_fixtures.cache import default_cache_dir
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PATCHES = PROJECT_ROOT / "patches" / "qemu-7.2"
 ACCELS = ("auto", "tcg", "kvm")
-PROFILES = ("local",)  # the SSH "inventory" profile is not built yet
+PROFILES = ("local", "inventory")
 
 
 class SettingsError(ValueError):
@@ -38,6 +38,13 @@ def _existing_file(value: str) -> Path:
         raise ValueError(f"no such file: {path}")
     if not os.access(path, os.X_OK):
         raise ValueError(f"not executable: {path}")
+    return path.resolve()
+
+
+def _readable_file(value: str) -> Path:
+    path = _path(value)
+    if not path.is_file():
+        raise ValueError(f"no such file: {path}")
     return path.resolve()
 
 
@@ -164,9 +171,10 @@ KNOBS: tuple[Knob, ...] = (
     Knob("checkpoint_delay", _int_range(10, 3_600_000), "20000",
          "default x-checkpoint-delay in ms (suites pick their own short delays explicitly)", "MS"),
     Knob("colo_profile", _choice(PROFILES), "local",
-         "lab profile: local (network namespaces on this machine)", "local"),
-    Knob("inventory", _path, None,
-         "inventory file (TOML) of lab hosts, for the SSH profile (not built yet)", "PATH"),
+         "lab profile: local (network namespaces on this machine) or inventory (lab hosts "
+         "over SSH, from --inventory)", "local|inventory"),
+    Knob("inventory", _readable_file, None,
+         "inventory file (TOML) of the lab hosts, for --colo-profile inventory", "PATH"),
     Knob("report_dir", _path, str(PROJECT_ROOT / "reports"),
          "where per-test artifacts and metrics are written", "DIR"),
     Knob("cache_dir", _path, None,
@@ -271,6 +279,9 @@ def _check_combinations(settings: Settings) -> None:
         raise SettingsError(
             "--qemu-binary and --qemu-src both given: choose a binary or a tree to build"
         )
-    if settings.inventory is not None:
-        raise SettingsError(f"--inventory {settings.inventory}: lab hosts over SSH are not "
-                            "supported yet; run without it to use the local lab")
+    if settings.colo_profile == "inventory" and settings.inventory is None:
+        raise SettingsError("--colo-profile inventory needs --inventory PATH (the lab's TOML "
+                            "file; see tools/inventory.example.toml)")
+    if settings.inventory is not None and settings.colo_profile != "inventory":
+        raise SettingsError(f"--inventory {settings.inventory} is only read by the inventory "
+                            "profile: add --colo-profile inventory (or drop --inventory)")

@@ -26,6 +26,8 @@ import re
 import uuid
 from dataclasses import dataclass, replace
 
+from colo_fixtures.inventory import Inventory
+
 ROLES = ("primary", "secondary", "sentinel", "client")
 MAX_WORKERS = 100
 IFNAMSIZ = 15  # the kernel's interface-name limit, without the NUL
@@ -191,6 +193,34 @@ def local_topology(worker_id: str = "master", run_id: str | None = None,
         ports=Ports().offset(n),
         rep_switch=switch,
     )
+    _check_names(topo)
+    return topo
+
+
+def inventory_topology(inventory: Inventory, run_id: str | None = None) -> Topology:
+    """The lab of an inventory (``--colo-profile inventory``): its hosts' own interfaces and
+    addresses, the seed's ports, ``ifb0`` on the primary. ``netns`` is empty: these hosts
+    are machines reached over SSH. Without a client host, the client is this machine."""
+    if inventory.vm_address is None:
+        raise ValueError(f"{inventory.path}: [lab] vm_address is missing: the protected VM's "
+                         "address on the external network (e.g. 192.168.100.10)")
+    hosts = {}
+    for role, host in inventory.hosts.items():
+        vm_host = role in ("primary", "secondary")
+        hosts[role] = HostSpec(
+            role=role, netns="", bridge=host.bridge or host.external_if or "",
+            tap=host.tap if vm_host else None, rep_if=host.replication_if,
+            rep_addr=host.replication_addr, ext_if=host.external_if if vm_host else None,
+            ifb="ifb0" if role == "primary" else None)
+    if "client" not in hosts:
+        hosts["client"] = HostSpec(role="client", netns="", bridge="", tap=None, rep_if=None,
+                                   rep_addr=None, ext_if=None, ifb=None)
+    network = ipaddress.ip_interface(f"{inventory.vm_address}/{inventory.vm_prefix}").network
+    client = inventory.hosts.get("client")
+    topo = Topology(
+        run_tag=run_tag(run_id, 0), hosts=hosts, rep_prefix=24, ext_subnet=str(network),
+        client_addr=(client.external_addr or "") if client else "",
+        vm_addr=inventory.vm_address, vm_mac=SEED_MAC, ports=Ports())
     _check_names(topo)
     return topo
 

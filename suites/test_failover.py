@@ -41,8 +41,9 @@ def kill_during_checkpoint(colo, process) -> tuple[float, bool]:
     Returns the fault time and whether it landed inside the checkpoint (no RESUME yet).
     """
     primary = colo.pair.primary
+    kill = colo.faults.prepare_kill(process, "during a checkpoint")  # lands at once when fired
     stop = primary.wait_event("STOP", timeout=DELAY_MS / 1000 * 3 + 10, since=time.time())
-    at = colo.faults.kill(process, "during a checkpoint")
+    at = kill()
     resumed = [e for e in primary.events if e.name == "RESUME" and e.timestamp >= stop.timestamp
                and e.timestamp <= at]
     return at, not resumed

@@ -105,12 +105,13 @@ def privsep_dir() -> Iterator[None]:
 
 
 def start_sshd(host: HostSpec, folder: Path, authorized: list[str], port: int = 22,
-               timeout: float = 10) -> Sshd:
-    """sshd in ``host``'s namespace on its replication address, accepting ``authorized``."""
+               timeout: float = 10, address: str | None = None) -> Sshd:
+    """sshd in ``host``'s namespace on ``address`` (default: its replication address),
+    accepting ``authorized``."""
     folder.mkdir(parents=True, exist_ok=True)
     keygen(folder / "host_ed25519")
     (folder / "authorized_keys").write_text("\n".join(authorized) + "\n")
-    address = str(host.rep_addr)
+    address = address or str(host.rep_addr)
     config = folder / "sshd_config"
     config.write_text("\n".join([
         f"Port {port}", f"ListenAddress {address}", f"HostKey {folder / 'host_ed25519'}",

@@ -167,6 +167,29 @@ def test_sftp_put_and_fetch(lab, tmp_path):
     host.close()
 
 
+def test_fetch_copies_only_what_a_log_grew_by(lab, tmp_path):
+    """Logs are fetched again and again: the copy grows by the new bytes, a log that was
+    replaced (shorter) is copied whole, and an empty log still gives an (empty) copy."""
+    host = host_for(lab, tmp_path)
+    remote, copy = tmp_path / "growing.log", tmp_path / "here" / "growing.log"
+    try:
+        remote.write_bytes(b"")
+        host.fetch(remote, copy)
+        assert copy.read_bytes() == b""
+        remote.write_bytes(b"line 1\n")
+        host.fetch(remote, copy)
+        with remote.open("ab") as log:
+            log.write(b"line 2\n")
+        host.fetch(remote, copy)
+        assert copy.read_bytes() == b"line 1\nline 2\n"
+        assert host.size(remote) == 14 and host.size(tmp_path / "absent") == 0
+        remote.write_bytes(b"new\n")
+        host.fetch(remote, copy)
+        assert copy.read_bytes() == b"new\n"
+    finally:
+        host.close()
+
+
 def test_qemu_process_on_an_ssh_host(lab, tmp_path):
     """QemuProcess runs unchanged on an SSH host: spawned remotely, QMP through the SSH
     channel, its logs written on the host and synced into the local workdir."""

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from colo_fixtures.ledger import process_name
+
 
 @dataclass(frozen=True)
 class Result:
@@ -71,10 +73,22 @@ class Host(ABC):
         """The file's content (FileNotFoundError if it does not exist)."""
         return path.read_bytes()
 
+    def size(self, path: Path) -> int:
+        """The file's size in bytes (0 if it does not exist)."""
+        try:
+            return path.stat().st_size
+        except FileNotFoundError:
+            return 0
+
     def fetch(self, path: Path, local: Path) -> None:
         """Copy the host's ``path`` to this machine's ``local`` (nothing if they are one)."""
         if path.resolve() != local.resolve() and path.exists():
             shutil.copyfile(path, local)
+
+    def ledger_name(self, pid: int) -> tuple[str, str]:
+        """How the run ledger records process ``pid`` of this host: (kind, name), enough for
+        the janitor to find exactly this process again (a reused PID is never hit)."""
+        return "process", process_name(pid)
 
     def connect_unix(self, path: Path, timeout: float = 5.0) -> socket.socket:
         """A socket connected to the host's unix socket ``path`` (QMP)."""

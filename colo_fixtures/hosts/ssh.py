@@ -15,13 +15,14 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import shlex
 import signal
 import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import paramiko
@@ -73,6 +74,8 @@ class SshHost(Host):
         self.pids: list[int] = []  # every process this host started, in order
         self._client: paramiko.SSHClient | None = None
         self._lock = threading.Lock()
+        self._sftp_client: paramiko.SFTPClient | None = None
+        self._sftp_lock = threading.Lock()
 
     # -- connection
 
@@ -137,6 +140,10 @@ class SshHost(Host):
         return client
 
     def close(self) -> None:
+        with self._sftp_lock:
+            if self._sftp_client is not None:
+                self._sftp_client.close()
+                self._sftp_client = None
         with self._lock:
             if self._client is not None:
                 self._client.close()
@@ -199,11 +206,59 @@ class SshHost(Host):
         result = self.run(["ps", "-o", "stat=", "-p", str(pid)], check=False)
         return result.rc == 0 and not result.stdout.strip().startswith("Z")
 
+    def start_ticks(self, pid: int) -> int | None:
+        """The process's start time (field 22 of /proc/<pid>/stat), None if it is gone."""
+        result = self.run(["cat", f"/proc/{pid}/stat"], check=False)
+        fields = result.stdout.rsplit(")", 1)[-1].split() if result.rc == 0 else []
+        return int(fields[19]) if len(fields) > 19 else None
+
+    def record(self) -> dict[str, str]:
+        """How to reach this host again (the janitor's view; no secret in it)."""
+        return {"ssh": str(self.target), "key": str(self.key),
+                "known_hosts": str(self.known_hosts)}
+
+    @classmethod
+    def from_record(cls, record: dict[str, str], passphrase: str | None = None) -> SshHost:
+        """The host a ``record()`` describes (host keys verified, never accepted anew)."""
+        user, _, rest = record["ssh"].partition("@")
+        host, _, port = rest.rpartition(":")
+        return cls(record["ssh"], "janitor", SshTarget(user, host, int(port)),
+                   Path(record["key"]), known_hosts=Path(record["known_hosts"]),
+                   passphrase=passphrase)
+
+    def ledger_name(self, pid: int) -> tuple[str, str]:
+        return "ssh-process", json.dumps({**self.record(), "pid": pid,
+                                          "start": self.start_ticks(pid)}, sort_keys=True)
+
+    def kill_recorded(self, pid: int, start: int | None) -> bool:
+        """SIGKILL ``pid`` if it still is the process started at ``start``; True if killed."""
+        if start is None or self.start_ticks(pid) != start:
+            return False
+        self.run(["kill", "-KILL", str(pid)], check=False)
+        return True
+
     def signal(self, pid: int, signame: str) -> None:
         """Send ``signame`` (e.g. TERM, KILL, STOP) to a process this host started."""
+        self.arm_signal(pid, signame)()
+
+    def arm_signal(self, pid: int, signame: str) -> Callable[[], None]:
+        """Prepare ``kill -SIGNAME pid`` on the host and return the trigger: a shell there
+        waits on its input, and calling the trigger sends one line, so the signal lands
+        within one packet's latency (a fault timed on a 50 ms checkpoint needs that)."""
         if pid not in self.pids:
             raise CommandError(f"{self.name}: pid {pid} was not started by the harness")
-        self.run(["kill", f"-{signame}", str(pid)], check=False)
+        channel = self.client().get_transport().open_session()  # type: ignore[union-attr]
+        channel.exec_command(f"read _ && kill -{shlex.quote(signame)} {int(pid)}")
+
+        def fire() -> None:
+            channel.sendall(b"\n")
+            channel.shutdown_write()
+            deadline = time.monotonic() + 10
+            while not channel.exit_status_ready() and time.monotonic() < deadline:
+                time.sleep(0.005)
+            channel.close()
+
+        return fire
 
     # -- files
 
@@ -213,17 +268,47 @@ class SshHost(Host):
     def exists(self, path: Path) -> bool:
         return self.run(["test", "-e", str(path)], check=False).rc == 0
 
+    @contextlib.contextmanager
+    def _sftp(self) -> Iterator[paramiko.SFTPClient]:
+        """The host's one SFTP session (opened on first use), for one caller at a time."""
+        with self._sftp_lock:
+            if self._sftp_client is None or self._sftp_client.get_channel().closed:
+                self._sftp_client = self.client().open_sftp()
+            yield self._sftp_client
+
     def read_bytes(self, path: Path) -> bytes:
-        with self.client().open_sftp() as sftp, sftp.open(str(path)) as f:
+        with self._sftp() as sftp, sftp.open(str(path)) as f:
             return f.read()
 
+    def size(self, path: Path) -> int:
+        try:
+            with self._sftp() as sftp:
+                return sftp.stat(str(path)).st_size or 0
+        except FileNotFoundError:
+            return 0
+
     def fetch(self, path: Path, local: Path) -> None:
+        """Copy ``path`` to ``local``; a log that only grew is copied from where ``local``
+        ends (the harness re-reads logs every half second)."""
         local.parent.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(FileNotFoundError), self.client().open_sftp() as sftp:
-            sftp.get(str(path), str(local))
+        have = local.stat().st_size if local.exists() else -1
+        with contextlib.suppress(FileNotFoundError), self._sftp() as sftp:
+            if sftp.stat(str(path)).st_size == have:
+                return
+            have = max(have, 0)
+            with sftp.open(str(path), "rb") as remote:
+                remote.seek(have)
+                fresh = remote.read()
+                if have and len(fresh) == 0:  # shorter than our copy: a new file
+                    remote.seek(0)
+                    fresh, have = remote.read(), 0
+            with local.open("r+b" if have else "wb") as out:
+                out.seek(have)
+                out.write(fresh)
+                out.truncate()
 
     def put(self, local: Path, path: Path) -> None:
-        with self.client().open_sftp() as sftp:
+        with self._sftp() as sftp:
             sftp.put(str(local), str(path))
 
     # -- channels
@@ -237,6 +322,26 @@ class SshHost(Host):
         if channel.exit_status_ready():
             channel.close()
             raise ConnectionRefusedError(f"{self.name}: nothing listens on {path}")
+        return self._relayed(channel)
+
+    def connect_tcp(self, address: str, port: int, timeout: float = 5.0) -> socket.socket:
+        """A local socket whose peer is a TCP connection the host opens to ``address:port``
+        (an SSH direct-tcpip channel, like ``ssh -W``): traffic leaves from the host.
+        ConnectionRefusedError (with the host's reason) if the host cannot connect."""
+        transport = self.client().get_transport()
+        assert transport is not None
+        try:
+            channel = transport.open_channel("direct-tcpip", (address, port), ("127.0.0.1", 0),
+                                             timeout=timeout)
+        except paramiko.ChannelException as exc:
+            raise ConnectionRefusedError(f"{self.name} cannot connect to {address}:{port}: "
+                                         f"{exc.text or exc.code}") from None
+        except paramiko.SSHException as exc:
+            raise TimeoutError(f"{self.name}: no TCP channel to {address}:{port} within "
+                               f"{timeout:g}s: {exc}") from None
+        return self._relayed(channel)
+
+    def _relayed(self, channel: paramiko.Channel) -> socket.socket:
         ours, theirs = socket.socketpair()
         threading.Thread(target=_relay, args=(theirs, channel), daemon=True,
                          name=f"ssh-relay-{self.name}").start()
@@ -271,8 +376,18 @@ class RemoteProcess:
 
     def send_signal(self, sig: int) -> None:
         if self.returncode is None:
-            self._signalled = sig
-            self.host.signal(self.pid, signal.Signals(sig).name.removeprefix("SIG"))
+            self.arm(sig)()
+
+    def arm(self, sig: int) -> Callable[[], None]:
+        """A trigger that sends ``sig`` at once when called (see ``SshHost.arm_signal``)."""
+        fire = self.host.arm_signal(self.pid, signal.Signals(sig).name.removeprefix("SIG"))
+
+        def trigger() -> None:
+            if self.returncode is None:
+                self._signalled = sig
+                fire()
+
+        return trigger
 
     def kill(self) -> None:
         self.send_signal(signal.SIGKILL)

@@ -1,0 +1,191 @@
+"""The inventory profile for real: the checkpoint and failover suites, unchanged, against
+lab "machines" reached only over SSH (see ``lab_machines``)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+from lab_machines import machine_lab
+from pyroute2 import IPRoute
+from sshd_lab import requires_sshd
+
+from colo_fixtures.hosts.ssh import SshHost
+from colo_fixtures.inventory import load_inventory
+from colo_fixtures.inventory_lab import InventoryLabError, LabHosts, ssh_hosts
+from colo_fixtures.ledger import is_gone
+from colo_fixtures.net import connect_in_ns, ns_exec_argv, read_ledger
+from colo_fixtures.settings import Settings
+from colo_fixtures.topology import inventory_topology
+
+ROOT = Path(__file__).resolve().parent.parent
+SUITES = os.environ.get("COLO_TEST_INVENTORY_SUITES", "suites/test_checkpoint.py "
+                        "suites/test_failover.py").split()
+
+pytestmark = requires_sshd
+
+
+def run_suites(ctl: str, inventory: Path, folder: Path, settings: Settings,
+               *extra: str) -> tuple[subprocess.CompletedProcess[str], ET.Element]:
+    junit = folder / "junit.xml"
+    argv = [sys.executable, "-m", "pytest", *SUITES, "-m", "colo", "-p", "no:cacheprovider",
+            "--colo-profile", "inventory", "--inventory", str(inventory),
+            "--report-dir", str(folder / "reports"), "--cache-dir", str(settings.cache_dir),
+            "--qemu-patches", str(settings.qemu_patches), "--accel", "tcg",
+            f"--junitxml={junit}", *extra]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("COLO_", "PYTEST_"))}
+    done = subprocess.run(ns_exec_argv(ctl, argv), cwd=ROOT, env=env, text=True,
+                          capture_output=True, timeout=2400)
+    (folder / "pytest.log").write_text(done.stdout + done.stderr)
+    assert junit.exists(), f"pytest wrote no junit report: {done.stdout[-3000:]}"
+    return done, ET.parse(junit).getroot()
+
+
+@pytest.mark.timeout(2700)
+def test_checkpoint_and_failover_suites_over_ssh(tmp_path: Path, colo_settings: Settings):
+    with machine_lab(tmp_path) as lab:
+        done, junit = run_suites(lab.controller, lab.inventory, tmp_path, colo_settings)
+        suite = junit.find("testsuite") if junit.tag == "testsuites" else junit
+        assert suite is not None
+        counts = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
+        assert done.returncode == 0, (f"suites failed over SSH ({counts}):\n"
+                                      f"{done.stdout[-4000:]}")
+        assert counts["tests"] >= 2 and counts["failures"] == counts["errors"] == 0, counts
+        # the harness left nothing on the machines
+        leftovers = list(lab.scratch.glob("colo-*"))
+        assert not leftovers, f"scratch left on the hosts: {leftovers}"
+
+
+@pytest.fixture
+def machines(tmp_path: Path):
+    with machine_lab(tmp_path) as lab:
+        yield lab
+
+
+def lab_hosts_of(machines, inventory_file: Path | None = None) -> LabHosts:
+    """The machines' hosts as the harness makes them, reached from the controller namespace
+    (this test runs outside it)."""
+    inventory = load_inventory(inventory_file or machines.inventory)
+    hosts = ssh_hosts(inventory, False, None)
+    for host in hosts.values():
+        assert isinstance(host, SshHost)
+        target = host.target
+        host.sock_factory = lambda t=target: connect_in_ns(machines.controller, t.host, t.port, 2)
+    return LabHosts(inventory, inventory_topology(inventory), hosts)
+
+
+def links(ns: str) -> dict[str, int | None]:
+    """Interface name -> master index in namespace ``ns``."""
+    with IPRoute(netns=ns, flags=0) as ipr:
+        return {link.get_attr("IFLA_IFNAME"): link.get_attr("IFLA_MASTER")
+                for link in ipr.get_links()}
+
+
+KILLED_RUN = """
+import sys, time
+from pathlib import Path
+from colo_fixtures.inventory import load_inventory
+from colo_fixtures.inventory_lab import InventoryLab, LabHosts, ssh_hosts
+from colo_fixtures.ledger import write_entry
+from colo_fixtures.topology import inventory_topology
+inventory = load_inventory(Path(sys.argv[1]))
+hosts = LabHosts(inventory, inventory_topology(inventory), ssh_hosts(inventory, False, None))
+hosts.check([])
+ledger = Path(sys.argv[2])
+scratch = InventoryLab(hosts, ledger=ledger).create()
+primary = hosts.hosts["primary"]
+sleeper = primary.spawn(["sleep", "600"], scratch / "sleep.log")
+write_entry(ledger, "created", *primary.ledger_name(sleeper.pid))
+print(scratch, sleeper.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def test_janitor_removes_what_a_killed_run_left_on_the_hosts(machines, tmp_path: Path):
+    """A run on the inventory profile is SIGKILLed after provisioning both hosts and starting
+    a process; tools/janitor, from the ledger alone, removes everything over SSH."""
+    ledger = tmp_path / "artifacts" / "killed" / "ledger.jsonl"
+    run = subprocess.Popen(ns_exec_argv(machines.controller, [
+        sys.executable, "-c", KILLED_RUN, str(machines.inventory), str(ledger)]),
+        cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        line = run.stdout.readline().split()  # type: ignore[union-attr]
+    finally:
+        run.kill()
+        run.wait(timeout=30)
+    assert len(line) == 2, "the run did not get as far as starting its process"
+    scratch, pid = Path(line[0]), int(line[1])
+    pri, sec = machines.namespaces["primary"], machines.namespaces["secondary"]
+    assert {"br0", "tap0", "ifb0"} <= set(links(pri)) and {"br0", "tap0"} <= set(links(sec))
+    assert scratch.is_dir() and not is_gone(pid)
+    kinds = sorted({kind for kind, _ in read_ledger(ledger)})
+    assert kinds == ["ssh-dir", "ssh-network", "ssh-process"]
+
+    janitor = subprocess.run(ns_exec_argv(machines.controller, [
+        str(ROOT / "tools" / "janitor"), "--report-dir", str(tmp_path)]),
+        capture_output=True, text=True, timeout=120)
+    assert janitor.returncode == 0, janitor.stdout + janitor.stderr
+    assert "0 left" in janitor.stdout
+
+    assert is_gone(pid)
+    assert not scratch.exists()
+    for ns in (pri, sec):
+        left = links(ns)
+        assert not {"br0", "tap0", "ifb0"} & set(left), left
+        assert left["ext0"] is None  # back out of the bridge, as the lab had it
+    assert read_ledger(ledger) == []
+
+
+def test_a_pid_reused_after_the_run_is_not_killed(machines, tmp_path: Path):
+    hosts = lab_hosts_of(machines)
+    primary = hosts.hosts["primary"]
+    assert isinstance(primary, SshHost)
+    sleeper = primary.spawn(["sleep", "600"], tmp_path / "sleep.log")
+    try:
+        start = primary.start_ticks(sleeper.pid)
+        assert start is not None
+        assert not primary.kill_recorded(sleeper.pid, start + 1)  # another process's start
+        assert not is_gone(sleeper.pid)
+        assert primary.kill_recorded(sleeper.pid, start)
+        sleeper.wait(timeout=10)
+    finally:
+        sleeper.kill()
+        hosts.close()
+
+
+def test_files_are_staged_once_by_content(machines, tmp_path: Path):
+    hosts = lab_hosts_of(machines)
+    tool = tmp_path / "tool"
+    tool.write_text("#!/bin/sh\necho staged\n")
+    tool.chmod(0o755)
+    try:
+        hosts.check([])
+        staged = hosts.stage([tool])[tool]
+        assert staged.parent == hosts.inventory.scratch / "stage"
+        assert staged.read_bytes() == tool.read_bytes() and staged.stat().st_mode & 0o100
+        assert hosts.hosts["secondary"].run([str(staged)]).stdout == "staged\n"
+        tool.write_text("#!/bin/sh\necho changed\n")
+        hosts.staged.clear()
+        assert hosts.stage([tool])[tool] != staged  # new content, new path
+    finally:
+        hosts.close()
+
+
+def test_an_unreachable_or_broken_host_is_named(machines, tmp_path: Path):
+    text = machines.inventory.read_text().replace("root@10.23.0.3", "root@10.23.0.3:2200")
+    broken = tmp_path / "broken.toml"
+    broken.write_text(text)
+    hosts = lab_hosts_of(machines, broken)
+    try:
+        with pytest.raises(InventoryLabError) as info:
+            hosts.check(["/nonexistent/firmware"])
+    finally:
+        hosts.close()
+    message = str(info.value)
+    assert "secondary (root@10.23.0.3:2200): cannot reach" in message
+    assert "primary (root@10.23.0.2:22): no firmware in /nonexistent/firmware" in message
+    assert "\n" not in message
