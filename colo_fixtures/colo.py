@@ -27,6 +27,7 @@ from colo_fixtures.trace import Checkpoint, checkpoints, colo_message, read_trac
 
 TRACE_PATTERNS = ("colo_*",)
 PROXY_OBJECTS = ("m0", "redire0", "redire1")
+VIRTIO_NET_QUEUES = ("rx", "tx", "ctrl")  # one queue pair and the control queue
 ANNOUNCE = {"initial": 50, "max": 550, "rounds": 5, "step": 100}
 
 
@@ -532,3 +533,35 @@ class ColoPair:
 
     def diagnosis(self) -> str:
         return "\n".join(process.diagnosis() for process in self.processes)
+
+    def virtio_net_state(self) -> str:
+        """Each running side's virtio-net device and queues as QEMU sees them (broken flag,
+        in-flight buffers, avail/used indexes): a guest that stops answering after a
+        failover shows here whether its NIC's queues still move."""
+        lines = []
+        for side in self.sides:
+            try:
+                for device in side.qmp("x-query-virtio", timeout=2):
+                    if device.get("name") != "virtio-net":
+                        continue
+                    path = device["path"]
+                    status = side.qmp("x-query-virtio-status", path=path, timeout=2)
+                    driver = (status.get("status") or {}).get("statuses", ["?"])[-1]
+                    lines.append(f"{side.name} {path}: broken={status.get('broken')} "
+                                 f"started={status.get('started')} "
+                                 f"vm-running={status.get('vm-running')} status={driver}")
+                    count = int(status.get("num-vqs", 0))
+                    names = VIRTIO_NET_QUEUES if count == len(VIRTIO_NET_QUEUES) else ()
+                    for queue in range(count):
+                        q = side.qmp("x-query-virtio-queue-status", path=path, queue=queue,
+                                     timeout=2)
+                        name = names[queue] if names else str(queue)
+                        lines.append(
+                            f"  queue {queue} {name}: inuse={q.get('inuse')} "
+                            f"last-avail={q.get('last-avail-idx')} "
+                            f"shadow-avail={q.get('shadow-avail-idx')} "
+                            f"used={q.get('used-idx')} signalled-used={q.get('signalled-used')}")
+            except QemuError as exc:
+                lines.append(f"{side.name}: virtio state unavailable: "
+                             f"{str(exc).splitlines()[0]}")
+        return "\n".join(lines)

@@ -184,6 +184,7 @@ class InventoryLab:
     def _make_scratch(self) -> Path:
         root = self.lab_hosts.inventory.scratch
         first, *others = [self.hosts[role] for role in VM_ROLES]
+        first.make_dir(root)
         made = first.run(["mktemp", "-d", "-p", str(root), f"colo-{self.topo.run_tag}-XXXXXX"])
         path = Path(made.stdout.strip())
         for host in others:  # the same name on every host (hosts may share a filesystem)
@@ -237,6 +238,17 @@ class InventoryLab:
             counters[f"{name}_tx_packets"] = stats["tx"]["packets"]
         return {key: counters[key] for key in ("ifb_rx_packets", "ifb_tx_packets",
                                                "tap_rx_packets")}
+
+    def network_state(self) -> str:
+        """Links (state, master, counters) and qdiscs of both VM hosts, for a diagnosis."""
+        lines = []
+        for role in VM_ROLES:
+            host = self.hosts[role]
+            lines.append(f"--- {role} ({host.name})")
+            for argv in (["ip", "-s", "link"], ["tc", "-s", "qdisc", "show"]):
+                result = host.run(argv, check=False)
+                lines.append(result.stdout.rstrip() or result.stderr.strip())
+        return "\n".join(lines)
 
     def connect(self, address: str, port: int, timeout: float) -> socket.socket:
         """A TCP connection from the client host (retried until ``timeout``)."""

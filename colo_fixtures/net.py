@@ -626,6 +626,32 @@ class LocalLab:
             result["filter_packets"] = sum(counts)
         return result
 
+    def network_state(self) -> str:
+        """Every host's links (state, bridge master, packet counters) and qdiscs, for a
+        failed test's diagnosis: where did the client's packets stop?"""
+        lines = []
+        for role, host in self.topo.hosts.items():
+            lines.append(f"--- {role} ({host.netns})")
+            try:
+                with _ipr(host.netns) as ipr:
+                    names = {link["index"]: link.get_attr("IFLA_IFNAME")
+                             for link in ipr.get_links()}
+                    for link in ipr.get_links():
+                        stats = link.get("stats64") or {}
+                        master = names.get(link.get_attr("IFLA_MASTER"), "-")
+                        state = "UP" if link["flags"] & 1 else "DOWN"
+                        lines.append(
+                            f"{link.get_attr('IFLA_IFNAME')}: {state} master={master} "
+                            f"rx={stats.get('rx_packets', 0)} tx={stats.get('tx_packets', 0)} "
+                            f"rx_dropped={stats.get('rx_dropped', 0)} "
+                            f"tx_dropped={stats.get('tx_dropped', 0)}")
+                    for qdisc in ipr.get_qdiscs():
+                        lines.append(f"qdisc {qdisc.get_attr('TCA_KIND')} on "
+                                     f"{names.get(qdisc['index'], qdisc['index'])}")
+            except Exception as exc:  # evidence is best effort
+                lines.append(f"(unavailable: {exc})")
+        return "\n".join(lines)
+
     def link_stats(self, role: str, ifname: str) -> dict[str, int]:
         """The kernel's 64-bit counters (rx_packets, tx_bytes, ...) of ``ifname`` on that host."""
         host = self.topo.host(role)

@@ -365,6 +365,10 @@ def start_colo(request: pytest.FixtureRequest, colo_settings: Settings, qemu_bui
             if failed:  # a failure or a pytest-timeout: how the QEMUs looked at that moment
                 with contextlib.suppress(Exception):
                     (artifacts / "diagnosis.txt").write_text(colo.pair.diagnosis() + "\n")
+                with contextlib.suppress(Exception):
+                    (artifacts / "network.txt").write_text(colo.lab.network_state() + "\n")
+                with contextlib.suppress(Exception):
+                    (artifacts / "virtio.txt").write_text(colo.pair.virtio_net_state() + "\n")
             findings += _collect_evidence(colo, artifacts)
         finally:
             colo.pair.stop()

@@ -34,6 +34,10 @@ def test_colo_running_on_both_sides(colo):
     assert status["status"] == "colo", status
     assert colo.pair.primary.qmp("query-status")["status"] == "running"
     assert colo.agent().ping() >= 0
+    nics = colo.pair.virtio_net_state()
+    for side in ("primary", "secondary"):
+        assert f"{side} /machine/peripheral/e0/virtio-backend: broken=False" in nics, nics
+    assert nics.count(" tx: ") == 2, nics
     colo.write_metrics("colo-start", {"migrate_to_colo_seconds": colo.colo_start_seconds})
 
 

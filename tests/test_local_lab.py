@@ -159,6 +159,17 @@ def test_ifb_redirection_is_installed(lab: LocalLab) -> None:
     assert "plug" not in ifb_qdiscs, "the plug probe must not leave its qdisc"
 
 
+def test_network_state_shows_where_packets_go(lab: LocalLab) -> None:
+    """The diagnosis of a failed test: each host's links with master and counters, qdiscs."""
+    state = lab.network_state()
+    primary = state.split(f"--- secondary ({lab.topo.secondary.netns})")[0]
+    assert f"--- primary ({lab.topo.primary.netns})" in primary
+    assert "tap0: UP master=br0 rx=" in primary and "ext0: UP master=br0" in primary
+    assert "qdisc ingress on tap0" in primary
+    secondary = state.split(f"--- secondary ({lab.topo.secondary.netns})")[1]
+    assert "tap0: UP master=- " in secondary.split("--- client")[0]
+
+
 def test_second_create_is_refused_and_harmless(lab: LocalLab) -> None:
     created = list(lab.created)
     with pytest.raises(LabError, match="already created"):
