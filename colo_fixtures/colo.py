@@ -207,6 +207,7 @@ class ColoPair:
     secondary_replica: Replica | None = None
     retired: list[Replica] = field(default_factory=list)
     launches: int = 0
+    colo_started_at: float | None = None  # wall time of the first ``migrate``
 
     # ------------------------------------------------------------------ who is where
 
@@ -301,6 +302,8 @@ class ColoPair:
                             capabilities=[{"capability": "x-colo", "state": True}])
         primary.process.qmp("migrate-set-parameters", **{"x-checkpoint-delay": delay_ms})
         started = time.monotonic()
+        if self.colo_started_at is None:
+            self.colo_started_at = time.time()
         primary.process.qmp("migrate", uri=f"tcp:{sec_addr}:{ports.migration}")
         self.wait_colo(self.timeout)
         return time.monotonic() - started
@@ -444,7 +447,7 @@ class ColoPair:
         deadline = time.monotonic() + self.timeout
         while time.monotonic() < deadline:
             try:
-                process.qmp("query-status", timeout=heartbeat)
+                process.qmp("query-status", timeout=heartbeat, diagnose=False)
                 missed = 0
                 time.sleep(heartbeat)
             except QemuError:

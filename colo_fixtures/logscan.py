@@ -54,6 +54,13 @@ AFTER_FAULT: tuple[str, ...] = (
     r"Failed to (get|send) value for (COLO )?message",
     r"qemu-system-\w+: failover request$",
 )
+# What the primary says about network traffic that arrives before COLO starts: its mirror
+# has no secondary to send to yet (the migration replaces the secondary's state anyway).
+# Benign only in lines stamped before ``migrate`` was issued; afterwards a failed mirror
+# send is a packet the secondary never saw.
+BEFORE_COLO: tuple[str, ...] = (
+    r"filter mirror send failed",
+)
 STAMP = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+)Z ")
 
 
@@ -88,11 +95,13 @@ def _after_fault(line: str, start: int, fault_at: float | None,
 
 
 def scan(path: Path, kind: str, allow: tuple[str, ...] = (),
-         fault_at: float | None = None, fault_offset: int | None = None) -> list[Finding]:
-    """Findings of every ``kind`` pattern in ``path``, except lines matching an ``allow`` regex
-    and the known consequences of an injected fault in lines written after it (from byte
+         fault_at: float | None = None, fault_offset: int | None = None,
+         colo_at: float | None = None) -> list[Finding]:
+    """Findings of every ``kind`` pattern in ``path``, except lines matching an ``allow`` regex,
+    the known consequences of an injected fault in lines written after it (from byte
     ``fault_offset`` on, the file's size at the first fault, or stamped at or after
-    ``fault_at``, its wall-clock time)."""
+    ``fault_at``, its wall-clock time), and ``BEFORE_COLO`` lines stamped before
+    ``colo_at`` (when ``migrate`` started COLO)."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -106,6 +115,9 @@ def scan(path: Path, kind: str, allow: tuple[str, ...] = (),
             continue
         if any(re.search(p, line) for p in AFTER_FAULT) and _after_fault(
                 line, line_start, fault_at, fault_offset):
+            continue
+        if colo_at is not None and any(re.search(p, line) for p in BEFORE_COLO) and (
+                (stamp := line_time(line)) is not None and stamp < colo_at):
             continue
         for pattern in PATTERNS:
             if pattern.kind == kind and pattern.regex.search(line):

@@ -458,7 +458,8 @@ def _collect_evidence(colo: ColoLab, artifacts: Path) -> list[Finding]:
         for log, kind in ((process.console_log, "console"), (process.stderr_log, "stderr")):
             # a log begun after the first fault (a resumed secondary) is all "after" it
             offset = None if sizes is None else sizes.get(log, 0)
-            findings += scan(log, kind, fault_at=fault_at, fault_offset=offset)
+            findings += scan(log, kind, fault_at=fault_at, fault_offset=offset,
+                             colo_at=colo.pair.colo_started_at)
     return findings
 
 

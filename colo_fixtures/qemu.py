@@ -209,8 +209,11 @@ class QemuProcess:
         with self.transcript.open("a") as out:
             out.write(json.dumps(record, default=str) + "\n")
 
-    def qmp(self, command: str, timeout: float = 30, **arguments: Any) -> Any:
-        """Run a QMP command and return its result; QMP errors and timeouts raise QemuError."""
+    def qmp(self, command: str, timeout: float = 30, diagnose: bool = True,
+            **arguments: Any) -> Any:
+        """Run a QMP command and return its result; QMP errors and timeouts raise QemuError
+        (a timeout's message carries the diagnosis unless ``diagnose`` is False: a heartbeat
+        probe must not spend time gathering logs)."""
         if self._qmp is None:
             raise QemuError(f"{self.name}: QMP not connected")
         started = time.time()
@@ -230,7 +233,7 @@ class QemuProcess:
         self._log(record)
         self._collect()
         if failure is not None:
-            if record["error"] == "timeout":
+            if record["error"] == "timeout" and diagnose:
                 failure += "\n" + self.diagnosis()
             raise QemuError(failure)
         return result

@@ -38,9 +38,21 @@ def run_suites(ctl: str, inventory: Path, folder: Path, settings: Settings,
             "--qemu-patches", str(settings.qemu_patches), "--accel", "tcg",
             f"--junitxml={junit}", *extra]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("COLO_", "PYTEST_"))}
-    done = subprocess.run(ns_exec_argv(ctl, argv), cwd=ROOT, env=env, text=True,
-                          capture_output=True, timeout=2400)
-    (folder / "pytest.log").write_text(done.stdout + done.stderr)
+    log = folder / "pytest.log"
+    with log.open("w") as out:
+        run = subprocess.Popen(ns_exec_argv(ctl, argv), cwd=ROOT, env=env, text=True,
+                               stdout=out, stderr=subprocess.STDOUT)
+        try:
+            run.wait(timeout=2400)
+        finally:  # interrupted or timed out: SIGTERM lets the inner run's teardowns clean up
+            if run.poll() is None:
+                run.terminate()
+                try:
+                    run.wait(timeout=180)
+                except subprocess.TimeoutExpired:
+                    run.kill()
+                    run.wait()
+    done = subprocess.CompletedProcess(run.args, run.returncode, log.read_text(), "")
     assert junit.exists(), f"pytest wrote no junit report: {done.stdout[-3000:]}"
     return done, ET.parse(junit).getroot()
 

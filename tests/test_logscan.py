@@ -80,3 +80,17 @@ def test_unstamped_consequences_are_placed_by_the_log_size_at_the_fault(tmp_path
     # a line that is not a known consequence is an error wherever it is
     stderr.write_text(before + "qemu-system-x86_64: Assertion `x' failed\n")
     assert len(scan(stderr, "stderr", fault_offset=0)) == 1
+
+
+def test_a_mirror_without_a_secondary_is_benign_only_before_colo_starts(tmp_path: Path):
+    """Traffic that reaches the primary before ``migrate`` cannot be mirrored (no secondary
+    yet): benign then; the same message once COLO runs is a packet the secondary missed."""
+    stderr = tmp_path / "e.log"
+    stderr.write_text(
+        "2026-11-29T00:41:48.431260Z qemu-system-x86_64: filter mirror send failed"
+        "(Operation not permitted)\n")
+    before, after = (line_time(f"2026-11-29T00:41:{s}.000000Z x") for s in ("49", "48"))
+    assert before is not None and after is not None
+    assert scan(stderr, "stderr", colo_at=before) == []
+    assert [f.pattern for f in scan(stderr, "stderr", colo_at=after)] == ["QEMU error"]
+    assert len(scan(stderr, "stderr")) == 1
