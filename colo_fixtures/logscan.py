@@ -50,6 +50,8 @@ AFTER_FAULT: tuple[str, ...] = (
     # a secondary that loses its primary in the middle of a checkpoint, and the failover
     r"Load VM's live state \(ram\) error",
     r"Got \d+ VMState data, less than expected",
+    r"Unknown combination of migration flags: ",  # the RAM stream cut mid-page
+    r"error while loading state section id \d+\(ram\)",
     r"COLO: load device state failed",
     r"Failed to (get|send) value for (COLO )?message",
     r"qemu-system-\w+: failover request$",
