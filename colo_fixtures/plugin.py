@@ -42,11 +42,14 @@ from colo_fixtures.known_issues import explaining_message, known_log_message, ma
 from colo_fixtures.ledger import LEDGER_NAME, run_alive, write_entry
 from colo_fixtures.ledger import clean as clean_ledger_file
 from colo_fixtures.logscan import Finding, scan
+from colo_fixtures.metrics import write_run
 from colo_fixtures.net import LocalLab, read_ledger
+from colo_fixtures.plots import checkpoint_timeline, client_latency, pause_histogram
 from colo_fixtures.preflight import Preflight, run_preflight
 from colo_fixtures.qemu import QemuError
 from colo_fixtures.settings import KNOBS, Settings, SettingsError, load_settings
 from colo_fixtures.topology import Topology, inventory_topology, local_topology
+from colo_fixtures.trace import checkpoints, read_trace
 from colo_fixtures.vmft import VmftVm
 from colo_fixtures.vmft_build import VmftBuild, build_vmft
 from colo_fixtures.vmft_group import VmftGroup
@@ -449,6 +452,10 @@ def _collect_evidence(colo: ColoLab, artifacts: Path) -> list[Finding]:
         client.close()
     if len(colo.history):
         colo.history.to_jsonl(artifacts / "history.jsonl")
+    try:
+        _plot_evidence(colo, artifacts)
+    except Exception as exc:  # a plot is a view of the evidence, never the verdict
+        warnings.warn(f"plots of {artifacts.name} failed: {exc!r}", stacklevel=1)
     faults = colo.history.faults()
     fault_at = faults[0].wall if faults else None
     sizes = colo.log_sizes_at_fault
@@ -461,6 +468,21 @@ def _collect_evidence(colo: ColoLab, artifacts: Path) -> list[Finding]:
             findings += scan(log, kind, fault_at=fault_at, fault_offset=offset,
                              colo_at=colo.pair.colo_started_at)
     return findings
+
+
+def _plot_evidence(colo: ColoLab, artifacts: Path) -> None:
+    """PNG plots next to the logs: client latency around the faults, every primary's
+    checkpoints over time, and their pause distribution."""
+    if len(colo.history):
+        client_latency(colo.history, artifacts / "client-latency.png")
+    points = []
+    for process in colo.pair.processes:  # only (former) primaries request checkpoints
+        process.sync_logs()
+        points += checkpoints(read_trace(process.trace_log))
+    if points:
+        points.sort(key=lambda c: c.requested)
+        checkpoint_timeline(points, colo.history, artifacts / "checkpoint-timeline.png")
+        pause_histogram(points, artifacts / "checkpoint-pauses.png")
 
 
 @pytest.fixture
@@ -501,8 +523,19 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         pytest.skip(reason)
 
 
+SESSION_START = time.time()
+
+
 def pytest_sessionfinish(session: pytest.Session) -> None:
     report.write_environment(session.config.getoption("allure_report_dir", None))
+    if hasattr(session.config, "workerinput"):
+        return  # xdist: the controller gathers every worker's figures once
+    s = session.config.stash[SETTINGS_KEY]
+    with contextlib.suppress(OSError):
+        path = write_run(s.report_dir, {"profile": s.colo_profile, "tests_collected":
+                                        session.testscollected}, since=SESSION_START)
+        if path is not None:
+            print(f"\ncolo: run metrics in {path}")
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -55,6 +55,9 @@ def test_known_log_message_is_recognised_and_others_are_not():
     assert issue is not None and "cause not identified" in issue.reason
     assert issue.explains_failure
     assert known_log_message("qemu-system-x86_64: Can't receive COLO message") is None
+    bogus = known_log_message("2026-11-29T01:02:46.533229Z qemu-system-x86_64: virtio: bogus "
+                              "descriptor or out of resources")
+    assert bogus is not None and bogus is not issue and bogus.explains_failure
 
 
 BROKEN_NIC = ("2026-11-28T21:51:35.998773Z qemu-system-x86_64: virtio: zero sized buffers "

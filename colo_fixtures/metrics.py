@@ -1,0 +1,125 @@
+"""Metrics as data: the figures every test wrote, gathered into one JSON per run, summarised,
+and compared with an earlier run to flag regressions.
+
+Each test writes its figures as ``<report-dir>/artifacts/<test>/<name>.json``
+(``ColoLab.write_metrics``). ``collect`` reads them all; ``summarise`` turns the ones a lab
+engineer watches (checkpoint pause, failover times, client downtime, resume) into
+``p50``/``max`` per figure; ``regressions`` compares two summaries.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+METRICS_NAME = "metrics.json"
+SKIP = {"history.json"}  # not figures
+
+
+@dataclass(frozen=True)
+class Figure:
+    """A watched figure: where it comes from and which direction is worse."""
+
+    name: str
+    source: str  # the metrics file stem, e.g. "failover"
+    key: str  # a key in it (dots go into nested objects)
+    unit: str
+    floor: float  # a change smaller than this (in ``unit``) is noise, never a regression
+
+
+FIGURES: tuple[Figure, ...] = (
+    Figure("checkpoint pause p50", "checkpoint-pause", "pause_p50_ms", "ms", 20),
+    Figure("checkpoint pause max", "checkpoint-pause", "pause_max_ms", "ms", 50),
+    Figure("forced checkpoint pause", "forced-checkpoint", "pause_seconds", "s", 0.02),
+    Figure("migrate to COLO", "colo-start", "migrate_to_colo_seconds", "s", 0.5),
+    Figure("COLO_EXIT after fault", "failover", "colo_exit_s", "s", 0.2),
+    Figure("failover done after fault", "failover", "failover_done_s", "s", 0.2),
+    Figure("first ok op after fault", "failover", "first_ok_after_s", "s", 0.2),
+    Figure("client downtime", "failover", "client_downtime_s", "s", 0.3),
+    Figure("hang detected after", "failover", "hang_detected_s", "s", 0.5),
+    Figure("resume disk mirror", "resume", "resume.mirror_s", "s", 0.5),
+    Figure("resume migrate to COLO", "resume", "resume.migrate_to_colo_s", "s", 0.5),
+)
+
+
+def collect(artifacts: Path, since: float = 0.0) -> dict[str, dict[str, Any]]:
+    """Every test folder's metrics files written at or after ``since`` (epoch seconds: this
+    run's, when earlier runs' folders are still there): {test folder: {file stem: content}}."""
+    tests: dict[str, dict[str, Any]] = {}
+    for path in sorted(artifacts.glob("*/*.json")):
+        if path.name in SKIP or path.stat().st_mtime < since:
+            continue
+        try:
+            tests.setdefault(path.parent.name, {})[path.stem] = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue  # a file torn by a kill is not a figure
+    return tests
+
+
+def _lookup(data: Any, key: str) -> float | None:
+    for part in key.split("."):
+        if not isinstance(data, dict) or part not in data:
+            return None
+        data = data[part]
+    return float(data) if isinstance(data, int | float) and not isinstance(data, bool) else None
+
+
+def summarise(tests: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """p50, max and count of each watched figure over every test that reported it."""
+    summary = {}
+    for figure in FIGURES:
+        values = [v for files in tests.values() if figure.source in files
+                  if (v := _lookup(files[figure.source], figure.key)) is not None]
+        if values:
+            summary[figure.name] = {"p50": statistics.median(values), "max": max(values),
+                                    "count": len(values), "unit": figure.unit}  # type: ignore[dict-item]
+    return summary
+
+
+def write_run(report_dir: Path, info: dict[str, Any] | None = None,
+              since: float = 0.0) -> Path | None:
+    """Gather the figures written since ``since`` into ``<report-dir>/metrics.json`` and
+    return its path (None, and nothing written, when no test wrote any)."""
+    tests = collect(report_dir / "artifacts", since)
+    if not tests:
+        return None
+    run = {"written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **(info or {}),
+           "summary": summarise(tests), "tests": tests}
+    path = report_dir / METRICS_NAME
+    path.write_text(json.dumps(run, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+@dataclass(frozen=True)
+class Regression:
+    figure: str
+    statistic: str
+    before: float
+    after: float
+    unit: str
+
+    def __str__(self) -> str:
+        change = (self.after - self.before) / self.before * 100 if self.before else float("inf")
+        return (f"{self.figure} {self.statistic}: {self.before:.3g} -> {self.after:.3g} "
+                f"{self.unit} (+{change:.0f}%)")
+
+
+def regressions(before: dict[str, Any], after: dict[str, Any],
+                threshold: float = 0.5) -> list[Regression]:
+    """Figures whose p50 grew by more than ``threshold`` (0.5 = 50%) and by more than the
+    figure's noise floor, from summary ``before`` to summary ``after`` (all figures are
+    times: larger is worse)."""
+    floors = {figure.name: figure.floor for figure in FIGURES}
+    found = []
+    for name, now in after.items():
+        then = before.get(name)
+        if not then or name not in floors:
+            continue
+        old, new = float(then["p50"]), float(now["p50"])
+        if new - old > floors[name] and new > old * (1 + threshold):
+            found.append(Regression(name, "p50", old, new, now.get("unit", "")))
+    return found
