@@ -33,15 +33,24 @@ class Faults:
             raise QemuError(f"cannot {f} {process.name}: it is not running")
         return self.armed(process, signum, f, detail)()
 
-    def armed(self, process: QemuProcess, signum: int, f: str,
-              detail: str | None = None) -> Callable[[], float]:
+    def armed(self, process: QemuProcess, signum: int, f: str, detail: str | None = None,
+              timed: bool = False) -> Callable[[], float]:
         """Prepare the fault now and return its trigger (which returns the fault's wall
-        time): what takes round trips to a remote host is done before the moment counts."""
+        time): what takes round trips to a remote host is done before the moment counts.
+
+        ``timed``: the trigger will be pulled at a precise moment (inside a checkpoint), so
+        the log sizes are noted now, not then (on remote hosts that takes tens of ms, more
+        than a checkpoint lasts): unstamped fault-consequence lines written between now
+        and the fault are then excused too (stamped ones are still judged by time)."""
         fire = process.arm_signal(signum)
+        note_logs = f in FAULTS and self.before_fault is not None
+        if note_logs and timed:
+            self.before_fault()  # type: ignore[misc]
+            note_logs = False
 
         def trigger() -> float:
-            if f in FAULTS and self.before_fault is not None:
-                self.before_fault()
+            if note_logs:
+                self.before_fault()  # type: ignore[misc]
             # Recorded before the signal goes out: the survivor may log the loss of its peer
             # within milliseconds, and the log analyzer excuses only what follows the fault.
             op = self.history.nemesis(f, process.name, detail)
@@ -60,7 +69,7 @@ class Faults:
         checkpoint); the trigger returns the fault's wall time once the process is gone."""
         if not process.alive():
             raise QemuError(f"cannot kill {process.name}: it is not running")
-        trigger = self.armed(process, signal.SIGKILL, "kill", detail)
+        trigger = self.armed(process, signal.SIGKILL, "kill", detail, timed=True)
 
         def kill() -> float:
             at = trigger()

@@ -23,6 +23,11 @@ pytestmark = [pytest.mark.colo, pytest.mark.failover, allure.epic("COLO"),
               allure.feature("failover")]
 
 DELAY_MS = 2000
+# Over SSH the harness sees the primary's STOP event 50-250 ms late (measured here), and a
+# checkpoint pauses the VM for 50-70 ms: a kill reacting to STOP from here lands after it.
+REMOTE_TIMING = ("a kill timed inside a checkpoint needs a trigger on the lab host itself "
+                 "(the STOP event reaches the harness 50-250 ms late over SSH, a checkpoint "
+                 "lasts 50-70 ms); not built yet, so this runs on the embedded lab only")
 HEARTBEAT_S = 0.5  # the harness's QMP heartbeat period
 HEARTBEAT_MISSES = 3  # unanswered heartbeats before a peer is declared hung
 
@@ -108,6 +113,8 @@ def test_failover_after_kill(start_colo, victim):
 @pytest.mark.parametrize("victim", ["primary", "secondary"])
 def test_failover_during_checkpoint(start_colo, victim):
     colo, workload = start_with_traffic(start_colo)
+    if not all(host.is_local for host in colo.pair.hosts.values()):
+        pytest.skip(REMOTE_TIMING)
     figures = fail_over(colo, victim, "kill-in-checkpoint")
     judge(colo, workload, figures)
     assert figures["in_checkpoint"], "the kill missed the checkpoint it was timed on"
