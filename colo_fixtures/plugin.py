@@ -38,7 +38,13 @@ from colo_fixtures.inventory_lab import (
     LabHosts,
     ssh_hosts,
 )
-from colo_fixtures.known_issues import explaining_message, known_log_message, mark_known_issues
+from colo_fixtures.known_issues import (
+    FROZEN_NIC_REASON,
+    explaining_message,
+    frozen_nic,
+    known_log_message,
+    mark_known_issues,
+)
 from colo_fixtures.ledger import LEDGER_NAME, run_alive, write_entry
 from colo_fixtures.ledger import clean as clean_ledger_file
 from colo_fixtures.logscan import Finding, scan
@@ -67,6 +73,7 @@ MARKERS = {
 }
 SETTINGS_KEY = pytest.StashKey[Settings]()
 INVENTORY_KEY = pytest.StashKey[tuple[Inventory, Topology]]()
+STARTED_KEY = pytest.StashKey[list["ColoLab"]]()
 RUN_ID = uuid.uuid4().hex[:6]
 
 
@@ -322,6 +329,7 @@ def start_colo(request: pytest.FixtureRequest, colo_settings: Settings, qemu_bui
     """
     s = colo_settings
     started: list[ColoLab] = []
+    request.node.stash[STARTED_KEY] = started  # for the failure report (see makereport)
     scratch: list[Path] = []
     ledger = artifacts / LEDGER_NAME
 
@@ -370,8 +378,10 @@ def start_colo(request: pytest.FixtureRequest, colo_settings: Settings, qemu_bui
                     (artifacts / "diagnosis.txt").write_text(colo.pair.diagnosis() + "\n")
                 with contextlib.suppress(Exception):
                     (artifacts / "network.txt").write_text(colo.lab.network_state() + "\n")
-                with contextlib.suppress(Exception):
-                    (artifacts / "virtio.txt").write_text(colo.pair.virtio_net_state() + "\n")
+                if not (artifacts / "virtio.txt").exists():
+                    with contextlib.suppress(Exception):
+                        (artifacts / "virtio.txt").write_text(
+                            colo.pair.virtio_net_state() + "\n")
             findings += _collect_evidence(colo, artifacts)
         finally:
             colo.pair.stop()
@@ -551,3 +561,20 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
                 message, where = found
                 rep.outcome = "skipped"
                 rep.wasxfail = f"known issue ({where}): {message.reason}"
+            elif side := _frozen_nic(item, folder):
+                rep.outcome = "skipped"
+                rep.wasxfail = f"known issue (virtio.txt: {side}): {FROZEN_NIC_REASON}"
+
+
+def _frozen_nic(item: pytest.Item, folder: Path) -> str | None:
+    """At a failure, while the QEMUs still run: each NIC's virtio queues into virtio.txt,
+    and the side whose NIC shows the known freeze, if one does."""
+    state = []
+    for colo in item.stash.get(STARTED_KEY, []):
+        with contextlib.suppress(Exception):
+            state.append(colo.pair.virtio_net_state())
+    if not state:
+        return None
+    text = "\n".join(state)
+    (folder / "virtio.txt").write_text(text + "\n")
+    return frozen_nic(text)

@@ -84,3 +84,33 @@ def test_a_failure_explained_by_a_known_message_is_an_expected_failure(tmp_path:
     assert "XFAIL test_explained.py::test_explained - known issue (secondary-stderr.log:1)" \
         in out
     assert "FAILED test_explained.py::test_unexplained" in out
+
+
+FROZEN = """\
+secondary /machine/peripheral/e0/virtio-backend: broken=False started=True vm-running=True status=ok
+  queue 0 rx: inuse=0 last-avail=26 shadow-avail=256 used=26 signalled-used=0
+  queue 1 tx: inuse=0 last-avail=28 shadow-avail=31 used=28 signalled-used=0
+  queue 2 ctrl: inuse=0 last-avail=9 shadow-avail=9 used=9 signalled-used=0
+"""
+HEALTHY = """\
+primary /machine/peripheral/e0/virtio-backend: broken=False started=True vm-running=True status=ok
+  queue 0 rx: inuse=0 last-avail=41 shadow-avail=289 used=41 signalled-used=41
+  queue 1 tx: inuse=0 last-avail=43 shadow-avail=43 used=43 signalled-used=43
+  queue 2 ctrl: inuse=0 last-avail=9 shadow-avail=9 used=9 signalled-used=9
+"""
+
+
+def test_a_frozen_nic_is_recognised_from_its_virtio_queues():
+    """The signature seen in CI (2026-11-29): every queue's signalled-used is 0 while used
+    is not; a healthy NIC's signalled-used follows used; a fresh NIC (all 0) is not frozen."""
+    from colo_fixtures.known_issues import frozen_nic
+
+    assert frozen_nic(FROZEN) == "secondary"
+    assert frozen_nic(HEALTHY + FROZEN.replace("secondary", "secondary2")) == "secondary2"
+    assert frozen_nic(HEALTHY) is None
+    assert frozen_nic(FROZEN.replace("used=26 signalled-used=0", "used=26 signalled-used=26")
+                      ) is None  # one queue moved: not the freeze
+    fresh = "\n".join(line.replace("used=26", "used=0").replace("used=28", "used=0")
+                      .replace("used=9", "used=0") for line in FROZEN.splitlines())
+    assert frozen_nic(fresh) is None
+    assert frozen_nic("secondary: virtio state unavailable: QMP unresponsive") is None
