@@ -76,7 +76,6 @@ class SshHost(Host):
         self._lock = threading.Lock()
         self._sftp_client: paramiko.SFTPClient | None = None
         self._sftp_lock = threading.Lock()
-        self._interactive: paramiko.Channel | None = None  # see _no_delay
 
     # -- connection
 
@@ -142,19 +141,10 @@ class SshHost(Host):
         return client
 
     def _no_delay(self, client: paramiko.SSHClient) -> None:
-        """Small packets go out at once, both ways: QMP events and fault triggers must not
-        wait for a delayed ACK (Nagle's algorithm held them 0.2–0.5 s, measured). Our side
-        sets TCP_NODELAY; OpenSSH sets it on its side once a session has a terminal, so
-        one session asks for a terminal and stays open, idle, for the connection's life."""
+        """Our small packets (QMP commands, fault triggers) go out at once: TCP_NODELAY."""
         transport = client.get_transport()
-        assert transport is not None
         with contextlib.suppress(OSError, AttributeError):
-            transport.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        with contextlib.suppress(paramiko.SSHException):
-            channel = transport.open_session()
-            channel.get_pty(width=80, height=24)
-            channel.exec_command("exec cat >/dev/null")
-            self._interactive = channel
+            transport.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # type: ignore[union-attr]
 
     def close(self) -> None:
         with self._sftp_lock:
