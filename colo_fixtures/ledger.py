@@ -35,11 +35,21 @@ def write_entry(path: Path, op: str, kind: str, name: str) -> None:
         out.write(json.dumps(entry) + "\n")
 
 
+def stat_fields(text: str) -> list[str]:
+    """The fields of a /proc/<pid>/stat text after the command name (state, ppid, ...)."""
+    return text.rsplit(")", 1)[-1].split()
+
+
+def stat_start_ticks(fields: list[str]) -> int | None:
+    """The start time (field 22 of /proc/<pid>/stat) among ``stat_fields``, if there."""
+    return int(fields[19]) if len(fields) > 19 else None
+
+
 def proc_stat(pid: int) -> list[str] | None:
     """The fields of /proc/<pid>/stat after the command name (state, ppid, ...), or None if
     the process is gone."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return stat_fields(Path(f"/proc/{pid}/stat").read_text())
     except OSError:
         return None
 
@@ -47,7 +57,7 @@ def proc_stat(pid: int) -> list[str] | None:
 def start_ticks(pid: int) -> int | None:
     """The process's start time (field 22 of /proc/<pid>/stat), None if it is gone."""
     fields = proc_stat(pid)
-    return int(fields[19]) if fields else None
+    return stat_start_ticks(fields) if fields else None
 
 
 def is_gone(pid: int) -> bool:

@@ -29,6 +29,7 @@ import paramiko
 
 from colo_fixtures.hosts.base import CommandError, Host, Result
 from colo_fixtures.inventory import SshTarget
+from colo_fixtures.ledger import stat_fields, stat_start_ticks
 
 CONNECT_TIMEOUT = 10.0
 RELAY_CHUNK = 65536
@@ -216,8 +217,7 @@ class SshHost(Host):
     def start_ticks(self, pid: int) -> int | None:
         """The process's start time (field 22 of /proc/<pid>/stat), None if it is gone."""
         result = self.run(["cat", f"/proc/{pid}/stat"], check=False)
-        fields = result.stdout.rsplit(")", 1)[-1].split() if result.rc == 0 else []
-        return int(fields[19]) if len(fields) > 19 else None
+        return stat_start_ticks(stat_fields(result.stdout)) if result.rc == 0 else None
 
     def record(self) -> dict[str, str]:
         """How to reach this host again (the janitor's view; no secret in it)."""
