@@ -7,6 +7,7 @@ a private directory, listens on the host's replication address, and is stopped b
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import signal
 import subprocess
@@ -104,6 +105,17 @@ def privsep_dir() -> Iterator[None]:
             shutil.rmtree(PRIVSEP_DIR, ignore_errors=True)
 
 
+def clean_home_argv(empty: Path, argv: list[str]) -> list[str]:
+    """argv that runs ``argv`` in its own mount namespace where root's home is the empty
+    directory ``empty``: the sessions of a test's sshd run no start-up files of this machine's
+    (a ~/.bashrc running ``pyenv rehash`` takes a lock, and a session killed while holding it
+    makes every later shell wait for it). Same PID: unshare and sh exec."""
+    empty.mkdir(mode=0o700, exist_ok=True)
+    return ["unshare", "--mount", "--propagation", "slave", "--", "sh", "-c",
+            'mount --bind "$1" "$2" && shift 2 && exec "$@"', "sh", str(empty),
+            pwd.getpwuid(os.geteuid()).pw_dir, *argv]
+
+
 def start_sshd(host: HostSpec, folder: Path, authorized: list[str], port: int = 22,
                timeout: float = 10, address: str | None = None) -> Sshd:
     """sshd in ``host``'s namespace on ``address`` (default: its replication address),
@@ -121,8 +133,8 @@ def start_sshd(host: HostSpec, folder: Path, authorized: list[str], port: int = 
         "Subsystem sftp internal-sftp", "LogLevel VERBOSE", ""]))
     log = folder / "sshd.log"
     with log.open("wb") as out:
-        proc = subprocess.Popen(ns_exec_argv(host.netns, [str(SSHD), "-D", "-e", "-f",
-                                                          str(config)]),
+        proc = subprocess.Popen(ns_exec_argv(host.netns, clean_home_argv(
+            folder / "home", [str(SSHD), "-D", "-e", "-f", str(config)])),
                                 stdin=subprocess.DEVNULL, stdout=out, stderr=out)
     sshd = Sshd(host, address, port, folder, proc)
     deadline = time.monotonic() + timeout

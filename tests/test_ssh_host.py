@@ -70,6 +70,23 @@ def test_run_returns_rc_stdout_stderr_and_quotes_every_word(lab, tmp_path):
     host.close()
 
 
+def test_sessions_run_none_of_this_machines_start_up_files_and_a_hanging_one_is_named(
+        lab, tmp_path):
+    """The test sshd's sessions see an empty home (this machine's ~/.bashrc is not run); a
+    host whose ~/.bashrc hangs gets a timeout that points at the start-up files."""
+    host = host_for(lab, tmp_path)
+    home = host.run(["sh", "-c", 'ls -A "$HOME"; echo "home=$HOME"']).stdout
+    assert home.splitlines() == [f"home={Path.home()}"], home
+    bashrc = lab[1].folder / "home" / ".bashrc"
+    bashrc.write_text("sleep 30\n")
+    try:
+        with pytest.raises(CommandError, match=r"true timed out after 2s .*start-up files"):
+            host.run(["true"], timeout=2)
+    finally:
+        bashrc.unlink()
+    host.close()
+
+
 def test_one_connection_is_reused(lab, tmp_path):
     host = host_for(lab, tmp_path)
     first = host.client()

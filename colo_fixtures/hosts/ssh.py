@@ -33,6 +33,9 @@ from colo_fixtures.ledger import stat_fields, stat_start_ticks
 
 CONNECT_TIMEOUT = 10.0
 RELAY_CHUNK = 65536
+QUICK = frozenset({"true", "echo", "printf", "test", "mkdir", "cat"})
+SLOW_SHELL_HINT = ("; a command this simple only hangs when the login shell's start-up files "
+                   "on the host do (try: ssh HOST true; look at ~/.bashrc there)")
 
 
 class SshError(CommandError):
@@ -180,7 +183,7 @@ class SshHost(Host):
                        and not channel.recv_stderr_ready()):
                 if time.monotonic() > deadline:
                     raise CommandError(f"{self.name}: {argv[0]} timed out after {timeout:g}s "
-                                       f"({line})")
+                                       f"({line}){SLOW_SHELL_HINT if argv[0] in QUICK else ''}")
                 if channel.recv_ready():
                     out += channel.recv(RELAY_CHUNK)
                 elif channel.recv_stderr_ready():
