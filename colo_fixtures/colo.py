@@ -22,6 +22,7 @@ from colo_fixtures.hosts import Host
 from colo_fixtures.ledger import LEDGER_NAME
 from colo_fixtures.logscan import scan
 from colo_fixtures.qemu import QemuError, QemuProcess
+from colo_fixtures.report import step
 from colo_fixtures.topology import HostSpec, Ports, Topology
 from colo_fixtures.trace import Checkpoint, checkpoints, colo_message, read_trace
 
@@ -251,6 +252,11 @@ class ColoPair:
 
     def start(self, checkpoint_delay_ms: int) -> float:
         """Start both sides and COLO; return seconds from ``migrate`` to both in COLO."""
+        with step("boot: secondary (incoming, NBD export) and primary (paused)"):
+            primary, secondary = self._boot_pair()
+        return self._begin_colo(primary, secondary, checkpoint_delay_ms)
+
+    def _boot_pair(self) -> tuple[Replica, Replica]:
         pri_host, sec_host = self.topo.hosts["primary"], self.topo.hosts["secondary"]
         disk = make_primary_disk(self.hosts["primary"], self._dir(pri_host), self.disk_mib)
         secondary = self._launch_secondary(sec_host, pri_host, copy_of=disk)
@@ -261,7 +267,7 @@ class ColoPair:
         process.start()
         process.connect(self.timeout)
         self._enable_runtime_trace(process)
-        return self._begin_colo(self.primary_replica, secondary, checkpoint_delay_ms)
+        return self.primary_replica, secondary
 
     def _launch_secondary(self, host: HostSpec, primary: HostSpec,
                           copy_of: Path | None) -> Replica:
@@ -287,6 +293,7 @@ class ColoPair:
         for pattern in self.vm.runtime_trace:
             process.qmp("trace-event-set-state", name=pattern, enable=True)
 
+    @step("start COLO: replication drive, x-colo, migrate, wait for COLO on both sides")
     def _begin_colo(self, primary: Replica, secondary: Replica, delay_ms: int) -> float:
         """Replication drive into the primary's quorum, x-colo, migrate; wait for COLO."""
         ports, sec_addr = self.topo.ports, secondary.host.rep_addr
@@ -386,6 +393,7 @@ class ColoPair:
             return process.wait_event("COLO_EXIT", timeout=self.timeout, since=since).timestamp
         return None
 
+    @step("failover: the secondary takes over")
     def failover_to_secondary(self, since: float) -> FailoverTimes:
         """The primary is gone: the secondary takes over and the VM's network moves to it.
 
@@ -421,6 +429,7 @@ class ColoPair:
                 return edge["name"]
         raise QemuError(f"{self.primary.name}: {node} is not a child of quorum colo-disk0")
 
+    @step("failover: the primary continues alone")
     def failover_to_primary(self, since: float) -> FailoverTimes:
         """The secondary is gone: the primary drops replication and the proxy and runs alone."""
         survivor = self.primary_replica
@@ -443,21 +452,23 @@ class ColoPair:
     def wait_unresponsive(self, process: QemuProcess, heartbeat: float, misses: int) -> float:
         """The harness's heartbeat: QMP ``query-status`` every ``heartbeat`` seconds; return the
         wall time at which ``misses`` consecutive probes went unanswered (the peer is hung)."""
-        missed = 0
-        deadline = time.monotonic() + self.timeout
-        while time.monotonic() < deadline:
-            try:
-                process.qmp("query-status", timeout=heartbeat, diagnose=False)
-                missed = 0
-                time.sleep(heartbeat)
-            except QemuError:
-                missed += 1
-                if missed >= misses:
-                    return time.time()
-        raise QemuError(f"{process.name} kept answering QMP for {self.timeout:g}s: not hung")
+        with step(f"heartbeat: wait until {process.name} stops answering"):
+            missed = 0
+            deadline = time.monotonic() + self.timeout
+            while time.monotonic() < deadline:
+                try:
+                    process.qmp("query-status", timeout=heartbeat, diagnose=False)
+                    missed = 0
+                    time.sleep(heartbeat)
+                except QemuError:
+                    missed += 1
+                    if missed >= misses:
+                        return time.time()
+            raise QemuError(f"{process.name} kept answering QMP for {self.timeout:g}s: not hung")
 
     # ------------------------------------------------------------------ resume
 
+    @step("resume: a new secondary, disk resynchronised, COLO restarted")
     def resume(self, checkpoint_delay_ms: int) -> dict[str, float]:
         """Start a new secondary on the other host, resynchronise its disk, restart COLO.
 

@@ -13,6 +13,7 @@ from colo_fixtures.disks import allocated_bytes, digest, images_identical, raw_c
 from colo_fixtures.guest import KvRecord, disk_store, parse_disk_records
 from colo_fixtures.hosts import LocalHost
 from colo_fixtures.qemu import QemuProcess
+from colo_fixtures.report import step
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ class ReplicaComparison:
         return data
 
 
+@step("check: the replicas' disks are identical")
 def compare_replicas(pair: ColoPair, scratch: Path) -> ReplicaComparison:
     """Force a checkpoint, then in the quiet window after it (the caller stops client writes
     first) compare the primary's disk, the secondary's base and its live view: by
@@ -96,6 +98,7 @@ def _primary_source(pair: ColoPair, process: QemuProcess) -> AbstractContextMana
     return pair.live_export(process)
 
 
+@step("check: read the survivor's disk store")
 def survivor_store(pair: ColoPair, scratch: Path) -> dict[str, KvRecord]:
     """The key-value records on the disk of the VM now running alone (its live view)."""
     survivor = pair.primary_replica

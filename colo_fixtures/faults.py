@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from colo_fixtures.qemu import QemuError, QemuProcess
+from colo_fixtures.report import step
 from colo_fixtures.workload import FAULTS  # what breaks something (SIGCONT does not)
 
 
@@ -53,8 +54,9 @@ class Faults:
                 self.before_fault()  # type: ignore[misc]
             # Recorded before the signal goes out: the survivor may log the loss of its peer
             # within milliseconds, and the log analyzer excuses only what follows the fault.
-            op = self.history.nemesis(f, process.name, detail)
-            fire()
+            with step(f"fault: {f} {process.name}" + (f" ({detail})" if detail else "")):
+                op = self.history.nemesis(f, process.name, detail)
+                fire()
             return op.wall
 
         return trigger

@@ -20,11 +20,13 @@ from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
+import allure
 import pytest
 
 from colo_fixtures import report
 from colo_fixtures.accel import choose_accel
 from colo_fixtures.build import BuildError, QemuBuild, probe_capabilities, provide_qemu
+from colo_fixtures.categories import write_categories
 from colo_fixtures.colo import ColoPair, VmConfig
 from colo_fixtures.disks import scratch_root
 from colo_fixtures.faults import Faults
@@ -282,6 +284,7 @@ class ColoLab:
         workload.start()
         return workload
 
+    @report.step("check: read every written key back from the serving VM")
     def final_state(self) -> tuple[dict[str, tuple[int, str] | None], float]:
         """Every key the history wrote, read back from the VM now serving clients, and the
         monotonic time the reads began (``check(..., final_at=)``)."""
@@ -290,6 +293,7 @@ class ColoLab:
         keys = sorted({op.key for op in self.history.ops if op.f == "write" and op.key})
         return {key: agent.get(key) for key in keys}, started
 
+    @report.step("boot: wait for the guest agent on both sides")
     def wait_agent_ready(self, timeout: float | None = None) -> None:
         """Wait for the agent on both consoles, then for a PING round trip.
 
@@ -316,7 +320,19 @@ class ColoLab:
         return path
 
 
+def lab_environment(topo: Topology, hosts: dict[str, Host]) -> dict[str, str]:
+    """The lab as the report's environment shows it: hosts, links, addresses."""
+    pri, sec = topo.hosts["primary"], topo.hosts["secondary"]
+    return {
+        "lab_hosts": ", ".join(f"{role}={host.name}" for role, host in sorted(hosts.items())),
+        "lab_replication": f"{pri.rep_addr} <-> {sec.rep_addr} ({pri.rep_if}/{sec.rep_if})",
+        "lab_vm_network": f"{topo.vm_addr} on {topo.ext_subnet}, bridge {pri.bridge}, tap "
+                          f"{pri.tap}, ifb {pri.ifb} on the primary",
+    }
+
+
 @pytest.fixture
+@allure.title("COLO lab and its evidence (logs, QMP, consoles, traces, plots)")
 def start_colo(request: pytest.FixtureRequest, colo_settings: Settings, qemu_build: QemuBuild,
                guest_image: GuestImage, accel: str, artifacts: Path, worker_id_safe: str,
                lab_hosts: LabHosts | None) -> Iterator[Callable[..., ColoLab]]:
@@ -352,8 +368,11 @@ def start_colo(request: pytest.FixtureRequest, colo_settings: Settings, qemu_bui
         return lab, root, hosts.hosts, hosts.staged
 
     def start(checkpoint_delay_ms: int | None = None, membuf_mib: int = 8) -> ColoLab:
-        lab, root, hosts, staged = local_lab() if lab_hosts is None else ssh_lab(lab_hosts)
+        where = "namespaces" if lab_hosts is None else "SSH hosts"
+        with report.step(f"provision: lab network and scratch ({where})"):
+            lab, root, hosts, staged = local_lab() if lab_hosts is None else ssh_lab(lab_hosts)
         topo = lab.topo
+        report.environment(**lab_environment(topo, hosts))
         binary, kernel, initrd = (staged.get(path, path) for path in (
             qemu_build.binary, guest_image.kernel, guest_image.initrd))
         vm = VmConfig(binary, tuple(qemu_build.firmware_args()), accel, s.guest_memory,
@@ -537,7 +556,9 @@ SESSION_START = time.time()
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    report.write_environment(session.config.getoption("allure_report_dir", None))
+    alluredir = session.config.getoption("allure_report_dir", None)
+    report.write_environment(alluredir)
+    write_categories(alluredir)
     if hasattr(session.config, "workerinput"):
         return  # xdist: the controller gathers every worker's figures once
     s = session.config.stash[SETTINGS_KEY]

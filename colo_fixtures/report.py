@@ -5,12 +5,17 @@ Without ``--alluredir`` the attachments are no-ops and artifacts stay in the per
 
 from __future__ import annotations
 
+import functools
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
 
 import allure
 import pytest
 
+P = ParamSpec("P")
+R = TypeVar("R")
 FAILED_KEY = pytest.StashKey[bool]()
 _ENVIRONMENT: dict[str, str] = {}
 
@@ -29,6 +34,35 @@ def attach_run(folder: Path) -> None:
     """Attach every file of a test's artifact folder (argv, consoles, stderr, traces, QMP)."""
     for path in sorted(folder.iterdir()):
         attach_file(path)
+
+
+class _Step:
+    """An Allure step usable as ``with`` or as a decorator (without the call's arguments as
+    parameters: they are often large, like a whole client history)."""
+
+    def __init__(self, title: str):
+        self.title = title
+        self._context: Any = None
+
+    def __enter__(self) -> None:
+        self._context = allure.step(self.title)
+        self._context.__enter__()
+
+    def __exit__(self, *exc: object) -> None:
+        self._context.__exit__(*exc)
+
+    def __call__(self, func: Callable[P, R]) -> Callable[P, R]:
+        @functools.wraps(func)
+        def in_step(*args: P.args, **kwargs: P.kwargs) -> R:
+            with allure.step(self.title):
+                return func(*args, **kwargs)
+        return in_step
+
+
+def step(title: str) -> _Step:
+    """A phase of a test (provision, boot, start COLO, fault, failover, check) as an Allure
+    step: nested, timed, and marked failed where the failure happened."""
+    return _Step(title)
 
 
 def environment(**values: object) -> None:

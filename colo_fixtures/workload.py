@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from colo_fixtures.guest import AgentClient, AgentError
+from colo_fixtures.report import step
 
 Clock = Callable[[], tuple[float, float]]
 
@@ -436,6 +437,7 @@ def _older(a: Version, b: Version) -> bool:
     return a_pos < b_pos
 
 
+@step("check: the client history against what the survivor holds")
 def check(history: History, final: Mapping[str, tuple[int, str] | None], *,
           final_at: float | None = None,
           require_connection_survives: bool = False) -> CheckResult:
