@@ -9,6 +9,7 @@ the harness itself writes (colo.py, workload.py, logscan.py, preflight.py, metri
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -52,3 +53,12 @@ def write_categories(alluredir: str | Path | None) -> Path | None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(list(CATEGORIES), indent=2) + "\n")
     return path
+
+
+def categorise(status: str, message: str) -> str | None:
+    """The first category whose status and message match, as the report assigns it."""
+    for category in CATEGORIES:
+        if status in category["matchedStatuses"] and re.fullmatch(category["messageRegex"],
+                                                                 message):
+            return str(category["name"])
+    return None

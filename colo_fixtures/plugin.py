@@ -20,7 +20,6 @@ from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
 
-import allure
 import pytest
 
 from colo_fixtures import report
@@ -320,6 +319,10 @@ class ColoLab:
         return path
 
 
+# How the report names start_colo: its teardown carries every log, transcript and plot.
+EVIDENCE_TITLE = "COLO lab and its evidence (logs, QMP, consoles, traces, plots)"
+
+
 def lab_environment(topo: Topology, hosts: dict[str, Host]) -> dict[str, str]:
     """The lab as the report's environment shows it: hosts, links, addresses."""
     pri, sec = topo.hosts["primary"], topo.hosts["secondary"]
@@ -332,7 +335,7 @@ def lab_environment(topo: Topology, hosts: dict[str, Host]) -> dict[str, str]:
 
 
 @pytest.fixture
-@allure.title("COLO lab and its evidence (logs, QMP, consoles, traces, plots)")
+@report.fixture_title(EVIDENCE_TITLE)
 def start_colo(request: pytest.FixtureRequest, colo_settings: Settings, qemu_build: QemuBuild,
                guest_image: GuestImage, accel: str, artifacts: Path, worker_id_safe: str,
                lab_hosts: LabHosts | None) -> Iterator[Callable[..., ColoLab]]:

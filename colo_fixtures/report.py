@@ -65,6 +65,17 @@ def step(title: str) -> _Step:
     return _Step(title)
 
 
+def fixture_title(title: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Name a fixture in the report (put it under ``@pytest.fixture``). ``allure.title``
+    cannot do it in a plugin module: that is imported before allure-pytest registers the
+    hook behind ``allure.title``, which then decorates nothing. The listener reads this
+    attribute when the fixture runs."""
+    def name(func: Callable[P, R]) -> Callable[P, R]:
+        func.__allure_display_name__ = title  # type: ignore[attr-defined]
+        return func
+    return name
+
+
 def environment(**values: object) -> None:
     """Record values for Allure's environment.properties (written at session end)."""
     _ENVIRONMENT.update({key: str(value) for key, value in values.items()})

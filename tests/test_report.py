@@ -1,0 +1,200 @@
+"""The report for real: Allure results of a real COLO run → tools/report → headless Chromium.
+
+The categories are checked against the messages the harness's own code writes; the report
+is generated twice over one history file (two nights) and opened in Debian's Chromium,
+where the suites, the phases, the evidence (plots included) and the trend must be there.
+A screenshot of the test page is kept as ``reports/report-screenshot.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from colo_fixtures import report
+from colo_fixtures.allure_html import ALLURE, ReportError, generate, load_results
+from colo_fixtures.categories import CATEGORIES, categorise, write_categories
+from colo_fixtures.colo import describe_stall
+from colo_fixtures.logscan import scan
+from colo_fixtures.plugin import EVIDENCE_TITLE
+from colo_fixtures.trace import Checkpoint
+from colo_fixtures.workload import History, check
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run",
+                  "--disable-quic"]
+RUN = ["suites/test_failover.py::test_failover_after_kill[primary]",
+       "suites/test_checkpoint.py::test_colo_running_on_both_sides"]
+
+
+# ---------------------------------------------------------------- categories
+
+
+def test_each_category_names_the_message_the_harness_writes(tmp_path: Path):
+    """Messages made by the real code land in the intended category; others in none."""
+    stall = describe_stall([Checkpoint(requested=0.0, stopped=0.01, resumed=None)],
+                           "vmstate-loaded")
+    deadlock = f"QemuError: primary QMP unresponsive for 10s: {stall}"
+    history = History()
+    write = history.invoke("client-1", "write", "k1", "v1", 1)
+    history.complete(write, "ok", seq=1)
+    lost = check(history, {"k1": None}).summary()
+    console = tmp_path / "secondary-console.log"
+    console.write_text("[   12.5] Kernel panic - not syncing: Fatal exception\n")
+    crash = f"log analyzer: {scan(console, 'console')[0]}"
+    expected = {
+        "TCG checkpoint deadlock (QMP unresponsive)": ("failed", deadlock),
+        "Lost acknowledged write or stale read": ("failed", f"AssertionError: {lost}"),
+        "Guest crash or memory divergence": ("failed", crash),
+        "Known issue (expected failure)": ("skipped", "XFAIL known issue: frozen NIC\n\n"),
+        "RDMA missing (vm-ft tests skipped)": ("skipped", "no RDMA device: ibv_devices "
+                                               "lists none"),
+        "Metrics regression (COLO got slower)": (
+            "failed", "metrics regression: checkpoint pause p50 12 ms -> 30 ms"),
+    }
+    for name, (status, message) in expected.items():
+        assert categorise(status, message) == name, (name, message)
+    assert categorise("failed", "AssertionError: 1 == 2") is None
+    assert categorise("passed", "lost acknowledged write: k1") is None
+    written = json.loads(write_categories(tmp_path)  # type: ignore[arg-type]
+                         .read_text())
+    assert [c["name"] for c in written] == [c["name"] for c in CATEGORIES]
+
+
+# ---------------------------------------------------------------- tools/report
+
+
+def inner_pytest(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """A pytest run of the project's own suites writing Allure results into ``folder``."""
+    argv = [sys.executable, "-m", "pytest", *args, "-p", "no:cacheprovider", "-q",
+            "--alluredir", str(folder / "allure-results"), "--report-dir",
+            str(folder / "reports")]
+    result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    (folder / "pytest.log").write_text(result.stdout + result.stderr)
+    return result
+
+
+def test_report_errors_are_one_line_and_name_the_fix(tmp_path: Path):
+    with pytest.raises(ReportError, match=r"^no Allure results at .*: run pytest with "
+                                          r"--alluredir"):
+        generate(tmp_path / "none", tmp_path / "out", history=None, name="x")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ReportError, match=r"holds no test results"):
+        generate(tmp_path / "empty", tmp_path / "out", history=None, name="x")
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "1-result.json").write_text(json.dumps({"name": "t", "status": "passed"}))
+    keep = tmp_path / "mine"
+    keep.mkdir()
+    (keep / "notes.txt").write_text("precious\n")
+    with pytest.raises(ReportError, match=r"is not an earlier report: choose another --out"):
+        generate(results, keep, history=None, name="x")
+    assert (keep / "notes.txt").read_text() == "precious\n"
+    with pytest.raises(ReportError, match=r"the Allure command line is not installed .*"
+                                          r"run tools/bootstrap"):
+        generate(results, tmp_path / "out", history=None, name="x",
+                 allure=tmp_path / "no-allure")
+
+
+def test_junit_and_report_from_a_run_with_every_outcome(tmp_path: Path):
+    """A run with a pass, a failure, an error, a skip and an xfail: the JUnit XML counts
+    them as CI systems expect, and a rerun's later attempt replaces the first."""
+    tests = tmp_path / "test_outcomes.py"
+    tests.write_text(
+        "import pytest\n"
+        "def test_ok(): pass\n"
+        "def test_lost(): pytest.fail('lost acknowledged write: k1=v1')\n"
+        "@pytest.fixture\ndef broken(): raise RuntimeError('no lab')\n"
+        "def test_broken(broken): pass\n"
+        "def test_skip(): pytest.skip('no RDMA device')\n"
+        "@pytest.mark.xfail(reason='known issue: frozen NIC')\n"
+        "def test_known(): assert 0\n")
+    result = subprocess.run([sys.executable, "-m", "pytest", str(tests), "-q", "-p",
+                             "no:cacheprovider", "--alluredir", str(tmp_path / "results")],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1, result.stdout
+    made = generate(tmp_path / "results", tmp_path / "html", history=None, name="outcomes")
+    assert made.statuses == {"passed": 1, "failed": 1, "broken": 1, "skipped": 2}
+    suite = ET.parse(made.junit).getroot()[0]
+    assert {k: suite.get(k) for k in ("tests", "failures", "errors", "skipped")} == {
+        "tests": "5", "failures": "1", "errors": "1", "skipped": "2"}
+    assert "lost acknowledged write" in suite.find("testcase[@name='test_lost']/failure").get(
+        "message")  # type: ignore[union-attr]
+    assert "googletagmanager" not in made.index.read_text()
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed: run "
+                                                  "tools/bootstrap")
+def test_report_of_a_real_run_in_headless_chromium(tmp_path: Path):
+    """Two reports (two nights) over one history from a real COLO run, the second opened
+    in Chromium: suites tree, phases as steps, plots and logs as attachments, the trend."""
+    from playwright.sync_api import sync_playwright
+
+    assert ALLURE.exists(), "the Allure command line is missing: run tools/bootstrap"
+    run = inner_pytest(tmp_path, *RUN, "--accel", "tcg")
+    assert run.returncode == 0, run.stdout[-3000:]
+    results = tmp_path / "allure-results"
+    assert len(load_results(results)) == 2
+    history = tmp_path / "history.jsonl"
+    for night in ("night-1", "night-2"):
+        tool = subprocess.run([str(ROOT / "tools" / "report"), "--results", str(results),
+                               "--out", str(tmp_path / night), "--history", str(history),
+                               "--name", "COLO nightly"],
+                              capture_output=True, text=True, timeout=300)
+        assert tool.returncode == 0, tool.stderr
+        assert "report: 2 tests (2 passed)" in tool.stdout
+    assert len(history.read_text().splitlines()) == 2
+    shot = tmp_path / "report-screenshot.png"
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto((tmp_path / "night-2" / "index.html").as_uri())
+            page.get_by_text("COLO nightly").first.wait_for(timeout=20_000)
+            # the suites: epic COLO, features failover and checkpoint
+            page.get_by_text("COLO", exact=True).first.click()
+            for feature in ("failover", "checkpoint"):
+                page.get_by_text(feature, exact=True).first.wait_for(timeout=5_000)
+            page.get_by_text("failover", exact=True).first.click()
+            page.get_by_text("failover after SIGKILL", exact=True).first.click()
+            page.get_by_text("test_failover_after_kill[primary]").first.click()
+            # the phases, in order
+            steps = page.get_by_test_id("test-result-step-title")
+            steps.first.wait_for(timeout=10_000)
+            titles = steps.all_inner_texts()
+            phases = ["provision:", "boot:", "start COLO:", "fault: kill primary",
+                      "failover: the secondary takes over", "check:"]
+            found = [next(i for i, t in enumerate(titles) if t.startswith(p)) for p in phases]
+            assert found == sorted(found), titles
+            # the evidence, a plot rendered from it
+            page.get_by_text(f"{EVIDENCE_TITLE}::1", exact=True).click()  # its teardown
+            for name in ("client-latency.png", "checkpoint-timeline.png", "primary-qmp.jsonl",
+                         "secondary-console.log", "history.jsonl", "failover.json"):
+                page.get_by_text(name, exact=True).first.wait_for(timeout=5_000)
+            page.get_by_text("client-latency.png", exact=True).first.click()
+            page.wait_for_function(
+                "Array.from(document.images).some(i => i.naturalWidth > 400)", timeout=10_000)
+            page.screenshot(path=str(shot), full_page=False)
+            # the trend: the status dynamics chart has the earlier report and this one
+            page.goto((tmp_path / "night-2" / "index.html").as_uri() + "#charts")
+            page.get_by_text("Status dynamics").first.wait_for(timeout=10_000)
+            chart = page.get_by_text("Status dynamics").first.locator("xpath=../..")
+            labels = chart.inner_text()
+            assert "Latest" in labels and labels.count("/") >= 2, labels
+            assert not errors, errors
+        finally:
+            browser.close()
+    kept = ROOT / "reports" / "report-screenshot.png"
+    kept.parent.mkdir(exist_ok=True)
+    shutil.copyfile(shot, kept)
+    report.attach_file(shot)
