@@ -46,6 +46,7 @@ ETH_P_IP = 0x0800  # the seed's "proto ip"
 FILTER_PRIO = 10  # the seed's "pref 10"
 FILTER_TARGET = 0x10020  # u32 classid ("flowid 1:20"); pyroute2 needs one, ingress ignores it
 PLUG_HANDLE = 0x10000
+RATE_HANDLE = 0x10000  # "1:", the replication link's tbf (--replication-rate)
 PLUG_LIMIT = 32768
 _GONE = frozenset({errno.ENOENT, errno.ENODEV, errno.ESRCH, errno.EINVAL})
 _KIND_HINTS = {
@@ -362,9 +363,10 @@ def clean_ledger(path: Path) -> list[tuple[str, str]]:
 class LocalLab:
     """Creates the topology's namespaces and links; destroys exactly what it created."""
 
-    def __init__(self, topo: Topology, ledger: Path | None = None):
+    def __init__(self, topo: Topology, ledger: Path | None = None, replication_mbit: int = 0):
         self.topo = topo
         self.ledger = Path(ledger) if ledger is not None else None
+        self.replication_mbit = replication_mbit  # 0: the veth's full speed
         self.created: list[tuple[str, str]] = []
         self.plug_available: bool = False
 
@@ -480,6 +482,18 @@ class LocalLab:
                        prefix)
         self._set(ipr, host.netns, ifname, state="up")
         self._set(peer_ipr, peer.netns, peer_ifname, state="up")
+        if self.replication_mbit:
+            self._limit_rate(ipr, host.netns, ifname)
+            self._limit_rate(peer_ipr, peer.netns, peer_ifname)
+
+    def _limit_rate(self, ipr: IPRoute, ns: str, ifname: str) -> None:
+        """A token bucket as the root qdisc of ``ifname``: at most ``replication_mbit``
+        Mbit/s leave it (10 ms of burst). It goes with the link."""
+        rate = self.replication_mbit * 1_000_000 // 8  # bytes per second
+        with _step(f"cannot limit {ns}/{ifname} to {self.replication_mbit} Mbit/s",
+                   "module sch_tbf missing (modprobe sch_tbf)"):
+            ipr.tc("add", "tbf", _require_index(ipr, ns, ifname), RATE_HANDLE, rate=rate,
+                   burst=max(rate // 100, 16_384), latency="100ms")
 
     def _make_replication_switch(self, iprs: dict[str, IPRoute], cli: HostSpec) -> None:
         """Three or more hosts: each host's rep_if joins the bridge ``rep_switch`` in the

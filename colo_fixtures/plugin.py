@@ -354,7 +354,7 @@ def start_colo(request: pytest.FixtureRequest, colo_settings: Settings, qemu_bui
 
     def local_lab() -> tuple[LocalLab, Path, dict[str, Host], dict[Path, Path]]:
         topo = local_topology(worker_id_safe, RUN_ID)
-        lab = LocalLab(topo, ledger=ledger)
+        lab = LocalLab(topo, ledger=ledger, replication_mbit=s.replication_rate)
         lab.create()
         try:
             root = Path(tempfile.mkdtemp(prefix=f"colo-{topo.run_tag}-", dir=scratch_root()))

@@ -170,6 +170,9 @@ KNOBS: tuple[Knob, ...] = (
     Knob("guest_memory", _int_range(64, 65536), "256", "guest RAM in MiB", "MIB"),
     Knob("checkpoint_delay", _int_range(10, 3_600_000), "20000",
          "default x-checkpoint-delay in ms (suites pick their own short delays explicitly)", "MS"),
+    Knob("replication_rate", _int_range(0, 100_000), "0",
+         "limit the embedded lab's replication link to this many Mbit/s each way (tbf): a "
+         "slower lab network, e.g. to see checkpoint pauses grow; 0 = unlimited", "MBIT"),
     Knob("colo_profile", _choice(PROFILES), "local",
          "lab profile: local (network namespaces on this machine) or inventory (lab hosts "
          "over SSH, from --inventory)", "local|inventory"),
@@ -219,6 +222,7 @@ class Settings:
     accel: str = "auto"
     guest_memory: int = 256
     checkpoint_delay: int = 20000
+    replication_rate: int = 0
     colo_profile: str = "local"
     inventory: Path | None = None
     report_dir: Path = PROJECT_ROOT / "reports"
@@ -282,6 +286,10 @@ def _check_combinations(settings: Settings) -> None:
     if settings.colo_profile == "inventory" and settings.inventory is None:
         raise SettingsError("--colo-profile inventory needs --inventory PATH (the lab's TOML "
                             "file; see tools/inventory.example.toml)")
+    if settings.replication_rate and settings.colo_profile != "local":
+        raise SettingsError(f"--replication-rate {settings.replication_rate} shapes the "
+                            "embedded lab's link only: on lab hosts, shape the real "
+                            "replication link (or drop --replication-rate)")
     if settings.inventory is not None and settings.colo_profile != "inventory":
         raise SettingsError(f"--inventory {settings.inventory} is only read by the inventory "
                             "profile: add --colo-profile inventory (or drop --inventory)")

@@ -511,3 +511,18 @@ def test_three_hosts_share_a_replication_switch(tmp_path: Path) -> None:
         assert read_ledger(ledger) == []
     finally:
         lab.destroy()
+
+
+def test_replication_rate_shapes_both_ends_of_the_link() -> None:
+    """--replication-rate: a token bucket at the given rate on each end of the replication
+    link (a slower lab network), gone with the lab."""
+    topo = _topology()
+    with LocalLab(topo, replication_mbit=300) as shaped:
+        for host in (shaped.topo.primary, shaped.topo.secondary):
+            with IPRoute(netns=host.netns, flags=0) as ipr:
+                index = ipr.link_lookup(ifname=host.rep_if)[0]
+                qdiscs = [q for q in ipr.get_qdiscs(index) if q.get("kind") == "tbf"]
+                assert len(qdiscs) == 1, f"no tbf on {host.netns}/{host.rep_if}"
+                params = qdiscs[0].get_nested("TCA_OPTIONS", "TCA_TBF_PARMS")
+                assert params["rate"] == 300_000_000 // 8, params
+    _assert_gone(topo)
