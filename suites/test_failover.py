@@ -179,6 +179,7 @@ def traffic_around_checkpoint(start_colo, checkpointed: bool):
 
 
 @allure.story("repeated failover and resume cycles, alternating sides")
+@pytest.mark.slow  # --colo-cycles: 3 by default, 16 in tools/nightly
 @pytest.mark.parametrize("connection", ["checkpointed", "opened-since-checkpoint"])
 def test_repeated_cycles(start_colo, colo_settings, connection):
     cycles = colo_settings.colo_cycles

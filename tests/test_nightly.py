@@ -1,0 +1,96 @@
+"""tools/nightly: its pieces, then two real nights, the second with the replication link
+slowed down (--replication-rate), which must be flagged as a regression."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+from colo_fixtures.categories import categorise
+from colo_fixtures.metrics import METRICS_NAME, Regression
+from colo_fixtures.nightly import (
+    EXIT_REGRESSION,
+    Night,
+    previous_metrics,
+    prune,
+    pytest_argv,
+    regression_result,
+    runs,
+    summary,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+NIGHTLY = ROOT / "tools" / "nightly"
+# a checkpoint-pause test and a failover: figures both ways, in about half a minute
+QUICK = "test_checkpoint_pause_and_integrity or test_failover_after_kill and primary"
+
+
+def test_pytest_argv_uses_xdist_only_where_the_profile_allows(tmp_path: Path):
+    local = pytest_argv(Path("py"), tmp_path, profile="local", inventory=None, workers="auto",
+                        cycles=16, marker="colo", extra=["-k", "x"])
+    assert local[:6] == ["py", "-m", "pytest", "suites/", "-m", "colo"]
+    assert local[local.index("-n"):][:4] == ["-n", "auto", "--dist", "loadgroup"]
+    assert local[local.index("--colo-cycles") + 1] == "16" and local[-2:] == ["-k", "x"]
+    assert local[local.index("--alluredir") + 1] == str(tmp_path / "allure-results")
+    remote = pytest_argv(Path("py"), tmp_path, profile="inventory", inventory=Path("lab.toml"),
+                         workers="auto", cycles=16, marker="colo", extra=[])
+    assert "-n" not in remote and remote[remote.index("--inventory") + 1] == "lab.toml"
+
+
+def test_runs_previous_and_prune_touch_only_run_folders(tmp_path: Path):
+    names = ["2026-11-25T030000", "2026-11-26T030000", "2026-11-27T030000"]
+    for name in names:
+        (tmp_path / name / "reports").mkdir(parents=True)
+    (tmp_path / names[0] / "reports" / METRICS_NAME).write_text("{}")
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "history.jsonl").write_text("")
+    assert [p.name for p in runs(tmp_path)] == names
+    assert previous_metrics(tmp_path, tmp_path / "2026-11-28T030000") == tmp_path / names[0]
+    assert previous_metrics(tmp_path, tmp_path / names[0]) is None
+    removed = prune(tmp_path, keep=2)
+    assert [p.name for p in removed] == names[:1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [*names[1:], "history.jsonl", "notes"]
+
+
+def test_a_regression_is_a_failed_result_in_its_category(tmp_path: Path):
+    night = Night(tmp_path / "2026-11-29T030000", previous=tmp_path / "2026-11-28T030000")
+    night.before = {"checkpoint pause p50": {"p50": 52.0, "max": 60.0, "unit": "ms"}}
+    night.figures = {"checkpoint pause p50": {"p50": 285.0, "max": 300.0, "unit": "ms"}}
+    night.regressions = [Regression("checkpoint pause p50", "p50", 52.0, 285.0, "ms")]
+    regression_result(tmp_path, night, 0.5)
+    result = json.loads(next(tmp_path.glob("*-result.json")).read_text())
+    assert result["status"] == "failed"
+    assert categorise("failed", result["statusDetails"]["message"]) == \
+        "Metrics regression (COLO got slower)"
+    shown = (tmp_path / result["attachments"][0]["source"]).read_text()
+    assert "checkpoint pause p50" in shown and "was 52" in shown
+    text = summary(night)
+    assert "<< REGRESSION" in text and text.splitlines()[0].endswith("s)")
+
+
+def nightly(root: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(NIGHTLY), "--root", str(root), "--cycles", "1", "--keep", "5",
+                           "--", "-k", QUICK, *extra],
+                          cwd=ROOT, capture_output=True, text=True, timeout=1200)
+
+
+def test_two_nights_show_a_trend_and_a_slower_link_is_a_regression(tmp_path: Path):
+    root = tmp_path / "nightly"
+    first = nightly(root)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "PASSED" in first.stdout and "checkpoint pause p50" in first.stdout
+    second = nightly(root, "--replication-rate", "300")
+    assert second.returncode == EXIT_REGRESSION, second.stdout + second.stderr
+    assert "REGRESSION" in second.stdout.splitlines()[2]
+    flagged = [line.split()[:3] for line in second.stdout.splitlines() if "<< REGRESSION" in line]
+    assert ["checkpoint", "pause", "p50"] in flagged, second.stdout
+    nights = runs(root)
+    assert len(nights) == 2 and (root / "latest").resolve() == nights[1]
+    assert len((root / "history.jsonl").read_text().splitlines()) == 2
+    latest = nights[1]
+    assert (latest / "html" / "index.html").exists() and (latest / "summary.txt").exists()
+    junit = (latest / "html" / "junit.xml").read_text()
+    assert "metrics regression check" in junit and "metrics regression:" in junit
+    executor = json.loads((latest / "allure-results" / "executor.json").read_text())
+    assert executor["buildName"] == f"COLO nightly {latest.name}"
