@@ -16,7 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from colo_fixtures.plots import run_figures
+
 METRICS_NAME = "metrics.json"
+RUN_PLOT = "metrics.png"  # every watched figure of the run, one dot per test
 SKIP = {"history.json"}  # not figures
 
 
@@ -33,6 +36,7 @@ class Figure:
 
 FIGURES: tuple[Figure, ...] = (
     Figure("checkpoint pause p50", "checkpoint-pause", "pause_p50_ms", "ms", 20),
+    Figure("checkpoint pause p95", "checkpoint-pause", "pause_p95_ms", "ms", 30),
     Figure("checkpoint pause max", "checkpoint-pause", "pause_max_ms", "ms", 50),
     Figure("forced checkpoint pause", "forced-checkpoint", "pause_seconds", "s", 0.02),
     Figure("migrate to COLO", "colo-start", "migrate_to_colo_seconds", "s", 0.5),
@@ -68,16 +72,25 @@ def _lookup(data: Any, key: str) -> float | None:
     return float(data) if isinstance(data, int | float) and not isinstance(data, bool) else None
 
 
-def summarise(tests: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """p50, max and count of each watched figure over every test that reported it."""
-    summary = {}
+def figure_values(tests: dict[str, dict[str, Any]]) -> dict[str, list[float]]:
+    """Each watched figure's values, one per test that reported it."""
+    found = {}
     for figure in FIGURES:
         values = [v for files in tests.values() if figure.source in files
                   if (v := _lookup(files[figure.source], figure.key)) is not None]
         if values:
-            summary[figure.name] = {"p50": statistics.median(values), "max": max(values),
-                                    "count": len(values), "unit": figure.unit}  # type: ignore[dict-item]
-    return summary
+            found[figure.name] = values
+    return found
+
+
+UNITS = {figure.name: figure.unit for figure in FIGURES}
+
+
+def summarise(tests: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """p50, max and count of each watched figure over every test that reported it."""
+    return {name: {"p50": statistics.median(values), "max": max(values),  # type: ignore[dict-item]
+                   "count": len(values), "unit": UNITS[name]}
+            for name, values in figure_values(tests).items()}
 
 
 def write_run(report_dir: Path, info: dict[str, Any] | None = None,
@@ -91,6 +104,7 @@ def write_run(report_dir: Path, info: dict[str, Any] | None = None,
            "summary": summarise(tests), "tests": tests}
     path = report_dir / METRICS_NAME
     path.write_text(json.dumps(run, indent=2, sort_keys=True) + "\n")
+    run_figures(figure_values(tests), UNITS, report_dir / RUN_PLOT)
     return path
 
 

@@ -28,7 +28,7 @@ from typing import Any
 
 from colo_fixtures.allure_html import Report, ReportError, generate, load_results
 from colo_fixtures.categories import categorise
-from colo_fixtures.metrics import METRICS_NAME, Regression, regressions
+from colo_fixtures.metrics import METRICS_NAME, RUN_PLOT, Regression, regressions
 
 RUN_NAME = re.compile(r"^\d{4}-\d\d-\d\dT\d{6}$")
 REGRESSION_STORY = "no figure got slower than the night before"
@@ -90,7 +90,8 @@ def pytest_argv(python: Path, run: Path, *, profile: str, inventory: Path | None
 
 def regression_result(results: Path, night: Night, threshold: float) -> None:
     """The metrics comparison as one more test in the report: failed (and in the
-    "Metrics regression" category) when a figure got slower, passed otherwise."""
+    "Metrics regression" category) when a figure got slower, passed otherwise. It carries
+    the run's figures: the comparison, ``metrics.png`` and ``metrics.json``."""
     now_ms = int(time.time() * 1000)
     lines = [f"compared with {night.previous.name if night.previous else 'nothing'} "
              f"(threshold +{threshold:.0%} and each figure's noise floor)"]
@@ -100,6 +101,14 @@ def regression_result(results: Path, night: Night, threshold: float) -> None:
         lines.append(f"{name:28} p50 {now['p50']:10.4g} {now.get('unit', ''):3} was {was}")
     attachment = f"{uuid.uuid4()}-attachment.txt"
     (results / attachment).write_text("\n".join(lines) + "\n")
+    attachments = [{"name": "metrics vs the night before", "source": attachment,
+                    "type": "text/plain"}]
+    for name, kind in ((RUN_PLOT, "image/png"), (METRICS_NAME, "application/json")):
+        source = night.run / "reports" / name
+        if source.exists():
+            copy = f"{uuid.uuid4()}-attachment{source.suffix}"
+            shutil.copyfile(source, results / copy)
+            attachments.append({"name": name, "source": copy, "type": kind})
     message = ("metrics regression: " + "; ".join(map(str, night.regressions))
                if night.regressions else None)
     result = {
@@ -112,8 +121,7 @@ def regression_result(results: Path, night: Night, threshold: float) -> None:
         "labels": [{"name": "epic", "value": "COLO"}, {"name": "feature", "value": "metrics"},
                    {"name": "story", "value": REGRESSION_STORY},
                    {"name": "suite", "value": "nightly"}],
-        "attachments": [{"name": "metrics vs the night before", "source": attachment,
-                         "type": "text/plain"}],
+        "attachments": attachments,
     }
     (results / f"{result['uuid']}-result.json").write_text(json.dumps(result, indent=2))
 

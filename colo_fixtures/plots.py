@@ -4,6 +4,7 @@
   marks drawn as vertical lines: the gap around a failover is visible at a glance.
 - ``checkpoint_timeline``: each checkpoint's pause over time, with the faults.
 - ``pause_histogram``: the distribution of checkpoint pauses.
+- ``run_figures``: a whole run's watched figures, one dot per test (``metrics.png``).
 
 Times are seconds relative to the first fault (or to the first event without a fault).
 """
@@ -100,6 +101,26 @@ def pause_histogram(points: Sequence[Checkpoint], path: Path,
     axes.set_xlabel("primary pause (ms)")
     axes.set_ylabel("checkpoints")
     axes.set_title(f"{title} (n={len(pauses)})")
+    return _save(figure, path)
+
+
+def run_figures(values: dict[str, list[float]], units: dict[str, str], path: Path,
+                title: str = "this run's figures (one dot per test)") -> Path:
+    """Every watched figure of a run on one time axis (ms, log scale): which ones moved."""
+    figure, axes = plt.subplots(figsize=(9, 0.45 * max(len(values), 4) + 1.2))
+    if not values:
+        _empty(axes, "no test wrote figures")
+    names = sorted(values)
+    for row, name in enumerate(names):
+        scale = 1000.0 if units.get(name) == "s" else 1.0
+        points = [max(v * scale, 0.01) for v in values[name]]
+        axes.scatter(points, [row] * len(points), s=18, color="tab:blue", alpha=0.7)
+    axes.set_yticks(range(len(names)), names, fontsize=8)
+    if values:
+        axes.set_xscale("log")
+    axes.set_xlabel("ms")
+    axes.set_title(title)
+    axes.grid(axis="x", alpha=0.3)
     return _save(figure, path)
 
 

@@ -25,6 +25,7 @@ import pytest
 from colo_fixtures import report
 from colo_fixtures.accel import choose_accel
 from colo_fixtures.build import BuildError, QemuBuild, probe_capabilities, provide_qemu
+from colo_fixtures.capture import Capture
 from colo_fixtures.categories import write_categories
 from colo_fixtures.colo import ColoPair, VmConfig
 from colo_fixtures.disks import scratch_root
@@ -249,6 +250,7 @@ class ColoLab:
     history: History = field(default_factory=History)
     workloads: list[Workload] = field(default_factory=list)
     colo_start_seconds: float = 0.0
+    capture: Capture | None = None  # --pcap: tcpdump of the replication link
     log_sizes_at_fault: dict[Path, int] | None = None
 
     @property
@@ -386,6 +388,12 @@ def start_colo(request: pytest.FixtureRequest, colo_settings: Settings, qemu_bui
         pair = ColoPair(vm, topo, hosts, lab, root, artifacts, s.wait_timeout)
         colo = ColoLab(topo, lab, pair, artifacts, s.wait_timeout)
         started.append(colo)  # from here on teardown owns the lab, the QEMUs and the scratch
+        if s.pcap:
+            pri = topo.hosts["primary"]
+            colo.capture = Capture(hosts["primary"], str(pri.rep_if), root / "replication.pcap",
+                                   artifacts / f"replication-{len(started)}.pcap", ledger)
+            with report.step(f"capture: tcpdump on the primary's {pri.rep_if}"):
+                colo.capture.start()
         colo.colo_start_seconds = pair.start(checkpoint_delay_ms or s.checkpoint_delay)
         return colo
 
@@ -407,6 +415,9 @@ def start_colo(request: pytest.FixtureRequest, colo_settings: Settings, qemu_bui
             findings += _collect_evidence(colo, artifacts)
         finally:
             colo.pair.stop()
+            if colo.capture is not None:
+                with contextlib.suppress(Exception):
+                    colo.capture.stop()
             if isinstance(colo.lab, InventoryLab):
                 colo.lab.destroy(keep_scratch=failed and s.keep_on_failure)
             else:

@@ -20,7 +20,7 @@ FAILED_KEY = pytest.StashKey[bool]()
 _ENVIRONMENT: dict[str, str] = {}
 
 _TYPES = {".json": allure.attachment_type.JSON, ".jsonl": allure.attachment_type.TEXT,
-          ".png": allure.attachment_type.PNG}
+          ".png": allure.attachment_type.PNG, ".pcap": allure.attachment_type.PCAP}
 
 
 def attach_file(path: Path, name: str | None = None) -> None:

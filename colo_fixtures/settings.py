@@ -184,6 +184,10 @@ KNOBS: tuple[Knob, ...] = (
          "build cache for QEMU and the guest (default ~/.cache/colo-harness)", "DIR"),
     Knob("keep_on_failure", _bool, "false",
          "keep scratch disks and sockets of failed tests for inspection", flag=True),
+    Knob("pcap", _bool, "false",
+         "record the replication link (packet headers, tcpdump on the primary's host) for "
+         "every COLO lab; the pcap is attached to the test (pytest's own --capture is "
+         "about output)", flag=True),
     Knob("colo_trace", _patterns, None,
          "extra trace events enabled at run time through QMP on every QEMU, as the seed's "
          "debug step (e.g. 'qemu_rdma*,colo_compare*'); their log is attached", "PATTERNS"),
@@ -228,6 +232,7 @@ class Settings:
     report_dir: Path = PROJECT_ROOT / "reports"
     cache_dir: Path = field(default_factory=default_cache_dir)
     keep_on_failure: bool = False
+    pcap: bool = False
     colo_trace: tuple[str, ...] = ()
     colo_cycles: int = 3
     wait_timeout: float = 60.0

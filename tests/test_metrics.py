@@ -6,7 +6,7 @@ import json
 import os
 from pathlib import Path
 
-from colo_fixtures.metrics import collect, regressions, summarise, write_run
+from colo_fixtures.metrics import RUN_PLOT, collect, regressions, summarise, write_run
 
 
 def figures(folder: Path, files: dict[str, dict]) -> None:
@@ -40,6 +40,8 @@ def test_collect_and_summarise(tmp_path: Path):
     run = json.loads(path.read_text())
     assert run["profile"] == "local" and run["summary"] == json.loads(json.dumps(summary))
     assert run["tests"]["test_hang_primary"]["failover"]["hang_detected_s"] == 1.8
+    plot = tmp_path / RUN_PLOT  # the run's figures, one dot per test
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 5000
 
 
 def test_a_slower_figure_beyond_threshold_and_floor_is_a_regression():

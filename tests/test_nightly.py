@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 from colo_fixtures.categories import categorise
-from colo_fixtures.metrics import METRICS_NAME, Regression
+from colo_fixtures.metrics import METRICS_NAME, RUN_PLOT, Regression
 from colo_fixtures.nightly import (
     EXIT_REGRESSION,
     Night,
@@ -58,8 +58,12 @@ def test_a_regression_is_a_failed_result_in_its_category(tmp_path: Path):
     night.before = {"checkpoint pause p50": {"p50": 52.0, "max": 60.0, "unit": "ms"}}
     night.figures = {"checkpoint pause p50": {"p50": 285.0, "max": 300.0, "unit": "ms"}}
     night.regressions = [Regression("checkpoint pause p50", "p50", 52.0, 285.0, "ms")]
+    (night.run / "reports").mkdir(parents=True)
+    (night.run / "reports" / RUN_PLOT).write_bytes(b"\x89PNG\r\n\x1a\nplot")
     regression_result(tmp_path, night, 0.5)
     result = json.loads(next(tmp_path.glob("*-result.json")).read_text())
+    attached = {a["name"]: a for a in result["attachments"]}
+    assert (tmp_path / attached[RUN_PLOT]["source"]).read_bytes().endswith(b"plot")
     assert result["status"] == "failed"
     assert categorise("failed", result["statusDetails"]["message"]) == \
         "Metrics regression (COLO got slower)"

@@ -23,6 +23,7 @@ from colo_fixtures.categories import CATEGORIES, categorise, write_categories
 from colo_fixtures.colo import describe_stall
 from colo_fixtures.logscan import scan
 from colo_fixtures.plugin import EVIDENCE_TITLE
+from colo_fixtures.topology import Ports
 from colo_fixtures.trace import Checkpoint
 from colo_fixtures.workload import History, check
 
@@ -139,8 +140,13 @@ def test_report_of_a_real_run_in_headless_chromium(tmp_path: Path):
     from playwright.sync_api import sync_playwright
 
     assert ALLURE.exists(), "the Allure command line is missing: run tools/bootstrap"
-    run = inner_pytest(tmp_path, *RUN, "--accel", "tcg")
+    run = inner_pytest(tmp_path, *RUN, "--accel", "tcg", "--pcap")
     assert run.returncode == 0, run.stdout[-3000:]
+    pcaps = sorted((tmp_path / "reports" / "artifacts").glob("*/replication-1.pcap"))
+    assert len(pcaps) == 2, "--pcap: one capture of the replication link per test"
+    shown = subprocess.run(["tcpdump", "-r", str(pcaps[0]), "-n", "-c", "50",
+                            f"tcp port {Ports().migration}"], capture_output=True, text=True)
+    assert shown.returncode == 0 and len(shown.stdout.splitlines()) == 50, shown.stderr
     results = tmp_path / "allure-results"
     assert len(load_results(results)) == 2
     history = tmp_path / "history.jsonl"
@@ -179,6 +185,7 @@ def test_report_of_a_real_run_in_headless_chromium(tmp_path: Path):
             # the evidence, a plot rendered from it
             page.get_by_text(f"{EVIDENCE_TITLE}::1", exact=True).click()  # its teardown
             for name in ("client-latency.png", "checkpoint-timeline.png", "primary-qmp.jsonl",
+                         "replication-1.pcap",
                          "secondary-console.log", "history.jsonl", "failover.json"):
                 page.get_by_text(name, exact=True).first.wait_for(timeout=5_000)
             page.get_by_text("client-latency.png", exact=True).first.click()
