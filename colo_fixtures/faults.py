@@ -15,11 +15,27 @@ from colo_fixtures.qemu import QemuError, QemuProcess
 from colo_fixtures.report import step
 from colo_fixtures.workload import FAULTS  # what breaks something (SIGCONT does not)
 
+# Runs on the victim's host: wait (at most $4 seconds) for the first new line of trace log
+# $1 that contains $2, then SIGKILL PID $3 and print the host's time. tail -F follows the
+# file by inotify; both helpers are ended by PID.
+KILL_ON_LINE = r"""
+fifo=$(mktemp -u "${TMPDIR:-/tmp}/colo-kill.XXXXXX") && mkfifo -m 600 "$fifo" || exit 3
+tail -n0 -F -- "$1" >"$fifo" 2>/dev/null & tailer=$!
+rc=1
+if timeout "$4" grep -m1 -F -- "$2" <"$fifo" >/dev/null; then
+  if kill -KILL "$3"; then date +%s.%N; rc=0; else rc=2; fi
+fi
+kill "$tailer" 2>/dev/null
+rm -f "$fifo"
+exit $rc
+"""
+
 
 class Recorder(Protocol):
     """Where faults are recorded (``workload.History``)."""
 
-    def nemesis(self, f: str, target: str, detail: str | None = None) -> Any: ...
+    def nemesis(self, f: str, target: str, detail: str | None = None,
+                at: float | None = None) -> Any: ...
 
 
 class Faults:
@@ -34,24 +50,15 @@ class Faults:
             raise QemuError(f"cannot {f} {process.name}: it is not running")
         return self.armed(process, signum, f, detail)()
 
-    def armed(self, process: QemuProcess, signum: int, f: str, detail: str | None = None,
-              timed: bool = False) -> Callable[[], float]:
+    def armed(self, process: QemuProcess, signum: int, f: str,
+              detail: str | None = None) -> Callable[[], float]:
         """Prepare the fault now and return its trigger (which returns the fault's wall
-        time): what takes round trips to a remote host is done before the moment counts.
-
-        ``timed``: the trigger will be pulled at a precise moment (inside a checkpoint), so
-        the log sizes are noted now, not then (on remote hosts that takes tens of ms, more
-        than a checkpoint lasts): unstamped fault-consequence lines written between now
-        and the fault are then excused too (stamped ones are still judged by time)."""
+        time): what takes round trips to a remote host is done before the moment counts."""
         fire = process.arm_signal(signum)
-        note_logs = f in FAULTS and self.before_fault is not None
-        if note_logs and timed:
-            self.before_fault()  # type: ignore[misc]
-            note_logs = False
 
         def trigger() -> float:
-            if note_logs:
-                self.before_fault()  # type: ignore[misc]
+            if f in FAULTS and self.before_fault is not None:
+                self.before_fault()
             # Recorded before the signal goes out: the survivor may log the loss of its peer
             # within milliseconds, and the log analyzer excuses only what follows the fault.
             with step(f"fault: {f} {process.name}" + (f" ({detail})" if detail else "")):
@@ -62,23 +69,36 @@ class Faults:
         return trigger
 
     def kill(self, process: QemuProcess, detail: str | None = None) -> float:
-        """SIGKILL: the host dies without a word."""
-        return self.prepare_kill(process, detail)()
+        """SIGKILL: the host dies without a word. Returns once the process is gone."""
+        at = self._signal(process, signal.SIGKILL, "kill", detail)
+        process.process.wait(timeout=30)  # type: ignore[union-attr]
+        return at
 
-    def prepare_kill(self, process: QemuProcess,
-                     detail: str | None = None) -> Callable[[], float]:
-        """A SIGKILL made ready now, to be triggered at a precise moment (inside a
-        checkpoint); the trigger returns the fault's wall time once the process is gone."""
-        if not process.alive():
+    def kill_on_trace(self, process: QemuProcess, line: str, timeout: float,
+                      detail: str | None = None) -> float:
+        """SIGKILL ``process`` the moment its own trace log gets a line containing ``line``
+        (e.g. its VM stopping for a checkpoint). The trigger runs on the process's host, so
+        the kill lands within milliseconds there, even when that host is reached over SSH
+        (where events reach the harness 50-250 ms late); returns the host's time of the
+        kill."""
+        if not process.alive() or process.process is None:
             raise QemuError(f"cannot kill {process.name}: it is not running")
-        trigger = self.armed(process, signal.SIGKILL, "kill", detail, timed=True)
-
-        def kill() -> float:
-            at = trigger()
-            process.process.wait(timeout=30)  # type: ignore[union-attr]
-            return at
-
-        return kill
+        if self.before_fault is not None:
+            self.before_fault()  # noted before arming: the fault's moment is the host's
+        argv = ["sh", "-c", KILL_ON_LINE, "kill-on-trace", str(process.on_host(
+            process.trace_log)), line, str(process.process.pid), f"{timeout:g}"]
+        with step(f"fault: kill {process.name} on '{line}' in its trace"):
+            result = process.host.run(argv, timeout=timeout + 15, check=False)
+            if result.rc != 0:
+                why = {1: f"no '{line}' in its trace within {timeout:g}s",
+                       2: "the kill failed (already gone?)"}.get(
+                           result.rc, f"the watcher failed (exit {result.rc})")
+                raise QemuError(f"{process.name} not killed: {why}: "
+                                f"{result.stderr.strip() or 'no output'}")
+            at = float(result.stdout.split()[-1])
+            self.history.nemesis("kill", process.name, detail, at=at)
+        process.process.wait(timeout=30)
+        return at
 
     def stop(self, process: QemuProcess, detail: str | None = None) -> float:
         """SIGSTOP: the host hangs; its sockets stay open and nothing answers."""

@@ -67,9 +67,11 @@ class History:
         self._lock = threading.Lock()
         self._values = itertools.count(1)
 
-    def _append(self, **fields: Any) -> Op:
+    def _append(self, at: float | None = None, **fields: Any) -> Op:
         with self._lock:
             now, wall = self._clock()
+            if at is not None:  # the same moment on this history's monotonic clock
+                now, wall = now - (wall - at), at
             op = Op(index=len(self._ops), time=now, wall=wall, **fields)
             self._ops.append(op)
             return op
@@ -95,10 +97,12 @@ class History:
         return self._append(process=invoke.process, type=type, f=invoke.f, key=invoke.key,
                             value=value, seq=seq, conn=invoke.conn, error=error)
 
-    def nemesis(self, f: str, target: str, detail: str | None = None) -> Op:
-        """Record a fault (or a harness mark) as an ``info`` op of process ``nemesis``."""
+    def nemesis(self, f: str, target: str, detail: str | None = None,
+                at: float | None = None) -> Op:
+        """Record a fault (or a harness mark) as an ``info`` op of process ``nemesis``;
+        ``at``: its wall time when it happened elsewhere (a lab host), not now."""
         return self._append(process="nemesis", type="info", f=f, key=None, value=target,
-                            seq=None, conn=None, error=detail)
+                            seq=None, conn=None, error=detail, at=at)
 
     @property
     def ops(self) -> list[Op]:

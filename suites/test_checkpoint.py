@@ -129,8 +129,7 @@ def test_checkpoint_pause_and_integrity(start_colo):
                "pause_p50_ms": percentile(pauses, 0.5) * 1000,
                "pause_p95_ms": percentile(pauses, 0.95) * 1000,
                "pause_max_ms": max(pauses) * 1000,
-               "interval_p50_ms": percentile([b.requested - a.requested
-                                              for a, b in zip(done, done[1:])], 0.5) * 1000}
+               "interval_p50_ms": percentile(intervals(done), 0.5) * 1000}
     mem = colo.agent().mem()
     figures["primary_mem_rounds"] = mem["rounds"]
     colo.write_metrics("checkpoint-pause", figures)

@@ -25,8 +25,6 @@ from colo_fixtures.topology import inventory_topology
 ROOT = Path(__file__).resolve().parent.parent
 SUITES = os.environ.get("COLO_TEST_INVENTORY_SUITES", "suites/test_checkpoint.py "
                         "suites/test_failover.py").split()
-# Skips itself on remote hosts, saying why (suites/test_failover.py REMOTE_TIMING).
-NOT_OVER_SSH = "not test_failover_during_checkpoint"
 
 pytestmark = requires_sshd
 
@@ -34,7 +32,7 @@ pytestmark = requires_sshd
 def run_suites(ctl: str, inventory: Path, folder: Path, settings: Settings,
                *extra: str) -> tuple[subprocess.CompletedProcess[str], ET.Element]:
     junit = folder / "junit.xml"
-    argv = [sys.executable, "-m", "pytest", *SUITES, "-m", "colo", "-k", NOT_OVER_SSH,
+    argv = [sys.executable, "-m", "pytest", *SUITES, "-m", "colo",
             "-p", "no:cacheprovider",
             "--colo-profile", "inventory", "--inventory", str(inventory),
             "--report-dir", str(folder / "reports"), "--cache-dir", str(settings.cache_dir),
