@@ -126,3 +126,26 @@ def scan(path: Path, kind: str, allow: tuple[str, ...] = (),
                 findings.append(Finding(pattern.name, path, number, line))
                 break
     return findings
+
+
+# colo-compare's own words for a packet the two sides sent differently, in a primary's trace
+# (colo_* events): QEMU 7.2 names UDP, ICMP and other mismatches; a TCP mismatch shows only
+# as the checkpoint it forces. A few are normal (the guests' clocks differ); a storm means
+# the secondary diverged: every packet forces a checkpoint.
+MISCOMPARE = re.compile(r"colo_compare_main : (packet different|\w+: payload size of packets "
+                        r"are different)|colo_compare_(udp|icmp)_miscompare primary pkt size")
+MISCOMPARE_STORM = 50
+
+
+def miscompare_storm(path: Path, limit: int = MISCOMPARE_STORM) -> Finding | None:
+    """A finding when trace log ``path`` holds ``limit`` or more colo-compare miscompares."""
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except FileNotFoundError:
+        return None
+    hits = [(number, line) for number, line in enumerate(lines, 1) if MISCOMPARE.search(line)]
+    if len(hits) < limit:
+        return None
+    number, first = hits[0]
+    return Finding("colo-compare miscompare storm", path, number,
+                   f"{len(hits)} miscompares (limit {limit}), the first: {first}")

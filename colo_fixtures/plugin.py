@@ -49,7 +49,7 @@ from colo_fixtures.known_issues import (
 )
 from colo_fixtures.ledger import LEDGER_NAME, run_alive, write_entry
 from colo_fixtures.ledger import clean as clean_ledger_file
-from colo_fixtures.logscan import Finding, scan
+from colo_fixtures.logscan import Finding, miscompare_storm, scan
 from colo_fixtures.metrics import write_run
 from colo_fixtures.net import LocalLab, read_ledger
 from colo_fixtures.plots import checkpoint_timeline, client_latency, pause_histogram
@@ -510,6 +510,8 @@ def _collect_evidence(colo: ColoLab, artifacts: Path) -> list[Finding]:
             offset = None if sizes is None else sizes.get(log, 0)
             findings += scan(log, kind, fault_at=fault_at, fault_offset=offset,
                              colo_at=colo.pair.colo_started_at)
+        if storm := miscompare_storm(process.trace_log):
+            findings.append(storm)
     return findings
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from colo_fixtures.logscan import line_time, scan
+from colo_fixtures.categories import categorise
+from colo_fixtures.logscan import line_time, miscompare_storm, scan
 
 CONSOLE = """\
 [    1.0] Linux version 6.1.0
@@ -99,3 +100,20 @@ def test_a_mirror_without_a_secondary_is_benign_only_before_colo_starts(tmp_path
     assert scan(stderr, "stderr", colo_at=before) == []
     assert [f.pattern for f in scan(stderr, "stderr", colo_at=after)] == ["QEMU error"]
     assert len(scan(stderr, "stderr")) == 1
+
+
+def test_a_miscompare_storm_in_a_primary_trace_is_a_finding(tmp_path: Path):
+    """A few miscompares are normal; the limit's worth is a storm, named with its count."""
+    trace = tmp_path / "primary-trace.log"
+    normal = "4201@1795923130.439290:colo_compare_main : packet same and release packet\n"
+    differ = "4201@1795923130.5:colo_compare_main : packet different\n"
+    udp = "4201@1795923130.6:colo_compare_udp_miscompare primary pkt size = 60\n"
+    trace.write_text(normal * 100 + differ * 3 + udp)
+    assert miscompare_storm(trace, limit=10) is None
+    trace.write_text(normal + differ * 8 + udp * 2)
+    storm = miscompare_storm(trace, limit=10)
+    assert storm is not None and storm.line_number == 2
+    assert str(storm).startswith("colo-compare miscompare storm: primary-trace.log:2: "
+                                 "10 miscompares (limit 10)")
+    assert categorise("failed", f"log analyzer: {storm}") == "colo-compare miscompare storm"
+    assert miscompare_storm(tmp_path / "missing.log") is None
