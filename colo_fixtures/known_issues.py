@@ -112,8 +112,9 @@ FROZEN_NIC_REASON = (
     "they were at its last checkpoint (signalled-used=0 on every queue while used > 0, TX "
     "buffers available and never processed), so its guest never answers the client again "
     "although it runs. Seen on 2026-11-29 in about one in six runs of "
-    "test_failover_after_hang[primary] over SSH and in test_repeated_cycles[checkpointed] "
-    "on the embedded lab; cause not identified (evidence: virtio.txt, network.txt)")
+    "test_failover_after_hang[primary] over SSH, in test_repeated_cycles[checkpointed] "
+    "and once in test_failover_after_kill[primary] on the embedded lab; cause not "
+    "identified (evidence: virtio.txt, network.txt)")
 _QUEUE = re.compile(r"^\s+queue \d+ \S+: .*\bused=(\d+) signalled-used=(\d+)")
 
 

@@ -137,8 +137,6 @@ def test_junit_and_report_from_a_run_with_every_outcome(tmp_path: Path):
 def test_report_of_a_real_run_in_headless_chromium(tmp_path: Path):
     """Two reports (two nights) over one history from a real COLO run, the second opened
     in Chromium: suites tree, phases as steps, plots and logs as attachments, the trend."""
-    from playwright.sync_api import sync_playwright
-
     assert ALLURE.exists(), "the Allure command line is missing: run tools/bootstrap"
     run = inner_pytest(tmp_path, *RUN, "--accel", "tcg", "--pcap")
     assert run.returncode == 0, run.stdout[-3000:]
@@ -148,7 +146,12 @@ def test_report_of_a_real_run_in_headless_chromium(tmp_path: Path):
                             f"tcp port {Ports().migration}"], capture_output=True, text=True)
     assert shown.returncode == 0 and len(shown.stdout.splitlines()) == 50, shown.stderr
     results = tmp_path / "allure-results"
-    assert len(load_results(results)) == 2
+    statuses = {test["name"]: test["status"] for test in load_results(results)}
+    assert statuses["test_colo_running_on_both_sides"] == "passed", statuses
+    # The failover may meet the SUT's known frozen-NIC issue (an xfail naming it, "skipped"
+    # in Allure): the report must show that run as well, only without the final check.
+    failover = statuses["test_failover_after_kill[primary]"]
+    assert failover in ("passed", "skipped"), statuses
     history = tmp_path / "history.jsonl"
     for night in ("night-1", "night-2"):
         tool = subprocess.run([str(ROOT / "tools" / "report"), "--results", str(results),
@@ -156,16 +159,30 @@ def test_report_of_a_real_run_in_headless_chromium(tmp_path: Path):
                                "--name", "COLO nightly"],
                               capture_output=True, text=True, timeout=300)
         assert tool.returncode == 0, tool.stderr
-        assert "report: 2 tests (2 passed)" in tool.stdout
+        assert tool.stdout.startswith("report: 2 tests ("), tool.stdout
     assert len(history.read_text().splitlines()) == 2
     shot = tmp_path / "report-screenshot.png"
+    check_in_chromium(tmp_path / "night-2" / "index.html", failover, shot)
+    kept = ROOT / "reports" / "report-screenshot.png"
+    kept.parent.mkdir(exist_ok=True)
+    shutil.copyfile(shot, kept)
+    report.attach_file(shot)
+
+
+def check_in_chromium(index: Path, failover: str, shot: Path) -> None:
+    """Open report ``index`` in headless Chromium: the suites tree, the failover test's
+    phases in order, its evidence with a rendered plot, and the trend chart. ``failover``:
+    the failover test's Allure status ("skipped" is a known-issue xfail: no final check,
+    the failure's evidence instead of failover.json)."""
+    from playwright.sync_api import sync_playwright
+
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             errors: list[str] = []
             page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.goto((tmp_path / "night-2" / "index.html").as_uri())
+            page.goto(index.as_uri())
             page.get_by_text("COLO nightly").first.wait_for(timeout=20_000)
             # the suites: epic COLO, features failover and checkpoint
             page.get_by_text("COLO", exact=True).first.click()
@@ -179,21 +196,24 @@ def test_report_of_a_real_run_in_headless_chromium(tmp_path: Path):
             steps.first.wait_for(timeout=10_000)
             titles = steps.all_inner_texts()
             phases = ["provision:", "boot:", "start COLO:", "fault: kill primary",
-                      "failover: the secondary takes over", "check:"]
+                      "failover: the secondary takes over"]
+            phases += ["check:"] if failover == "passed" else []
             found = [next(i for i, t in enumerate(titles) if t.startswith(p)) for p in phases]
             assert found == sorted(found), titles
             # the evidence, a plot rendered from it
             page.get_by_text(f"{EVIDENCE_TITLE}::1", exact=True).click()  # its teardown
-            for name in ("client-latency.png", "checkpoint-timeline.png", "primary-qmp.jsonl",
-                         "replication-1.pcap",
-                         "secondary-console.log", "history.jsonl", "failover.json"):
+            evidence = ["client-latency.png", "checkpoint-timeline.png", "primary-qmp.jsonl",
+                        "replication-1.pcap", "secondary-console.log", "history.jsonl"]
+            evidence += ["failover.json"] if failover == "passed" else ["virtio.txt",
+                                                                         "diagnosis.txt"]
+            for name in evidence:
                 page.get_by_text(name, exact=True).first.wait_for(timeout=5_000)
             page.get_by_text("client-latency.png", exact=True).first.click()
             page.wait_for_function(
                 "Array.from(document.images).some(i => i.naturalWidth > 400)", timeout=10_000)
             page.screenshot(path=str(shot), full_page=False)
             # the trend: the status dynamics chart has the earlier report and this one
-            page.goto((tmp_path / "night-2" / "index.html").as_uri() + "#charts")
+            page.goto(index.as_uri() + "#charts")
             page.get_by_text("Status dynamics").first.wait_for(timeout=10_000)
             chart = page.get_by_text("Status dynamics").first.locator("xpath=../..")
             labels = chart.inner_text()
@@ -201,7 +221,3 @@ def test_report_of_a_real_run_in_headless_chromium(tmp_path: Path):
             assert not errors, errors
         finally:
             browser.close()
-    kept = ROOT / "reports" / "report-screenshot.png"
-    kept.parent.mkdir(exist_ok=True)
-    shutil.copyfile(shot, kept)
-    report.attach_file(shot)
