@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import tempfile
 import xml.etree.ElementTree as ET
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,8 +38,15 @@ class ReportError(Exception):
 class Report:
     index: Path
     junit: Path
-    tests: int
-    statuses: dict[str, int]
+    results: list[dict[str, Any]]  # the tests it shows (latest attempt of each)
+
+    @property
+    def tests(self) -> int:
+        return len(self.results)
+
+    @property
+    def statuses(self) -> dict[str, int]:
+        return dict(Counter(str(test.get("status", "unknown")) for test in self.results))
 
 
 def result_files(results: Path) -> list[Path]:
@@ -124,11 +132,7 @@ def generate(results: Path, out: Path, *, history: Path | None, name: str,
         raise ReportError(f"allure generate failed (exit {run.returncode}): {last[0]}")
     index.write_text(ANALYTICS.sub("", index.read_text()))
     junit = write_junit(tests, out / "junit.xml")
-    statuses: dict[str, int] = {}
-    for test in tests:
-        statuses[test.get("status", "unknown")] = statuses.get(test.get("status", "unknown"),
-                                                               0) + 1
-    return Report(index, junit, len(tests), statuses)
+    return Report(index, junit, tests)
 
 
 def _label(test: dict[str, Any], name: str) -> str | None:

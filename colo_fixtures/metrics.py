@@ -88,9 +88,13 @@ UNITS = {figure.name: figure.unit for figure in FIGURES}
 
 def summarise(tests: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
     """p50, max and count of each watched figure over every test that reported it."""
-    return {name: {"p50": statistics.median(values), "max": max(values),  # type: ignore[dict-item]
-                   "count": len(values), "unit": UNITS[name]}
-            for name, values in figure_values(tests).items()}
+    return _summary(figure_values(tests))
+
+
+def _summary(values: dict[str, list[float]]) -> dict[str, dict[str, float]]:
+    return {name: {"p50": statistics.median(found), "max": max(found),  # type: ignore[dict-item]
+                   "count": len(found), "unit": UNITS[name]}
+            for name, found in values.items()}
 
 
 def write_run(report_dir: Path, info: dict[str, Any] | None = None,
@@ -100,11 +104,12 @@ def write_run(report_dir: Path, info: dict[str, Any] | None = None,
     tests = collect(report_dir / "artifacts", since)
     if not tests:
         return None
+    values = figure_values(tests)
     run = {"written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **(info or {}),
-           "summary": summarise(tests), "tests": tests}
+           "summary": _summary(values), "tests": tests}
     path = report_dir / METRICS_NAME
     path.write_text(json.dumps(run, indent=2, sort_keys=True) + "\n")
-    run_figures(figure_values(tests), UNITS, report_dir / RUN_PLOT)
+    run_figures(values, UNITS, report_dir / RUN_PLOT)
     return path
 
 

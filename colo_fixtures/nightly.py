@@ -26,13 +26,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from colo_fixtures.allure_html import Report, ReportError, generate, load_results
+from colo_fixtures.allure_html import Report, ReportError, generate
 from colo_fixtures.categories import categorise
 from colo_fixtures.metrics import METRICS_NAME, RUN_PLOT, Regression, regressions
 
 RUN_NAME = re.compile(r"^\d{4}-\d\d-\d\dT\d{6}$")
 REGRESSION_STORY = "no figure got slower than the night before"
-EXIT_OK, EXIT_TESTS_FAILED, EXIT_USAGE, EXIT_REGRESSION = 0, 1, 2, 3
+EXIT_OK, EXIT_TESTS_FAILED, EXIT_REGRESSION = 0, 1, 3  # 2: tools/nightly's usage errors
 
 
 @dataclass
@@ -175,7 +175,7 @@ def run_night(root: Path, pytest: list[str], *, threshold: float, keep: int,
     try:
         night.report = generate(results, run / "html", history=root / "history.jsonl",
                                 name=f"COLO nightly {run.name}")
-        for test in load_results(results):
+        for test in night.report.results:
             if test.get("status") in ("failed", "broken"):
                 message = ((test.get("statusDetails") or {}).get("message") or "").strip()
                 night.failures.append((test.get("fullName", test.get("name", "?")),
