@@ -115,7 +115,13 @@ def test_workload_records_qemu_killed_mid_run(boot, record_property):
     assert result.connection["survived"] is False
     assert result.connection["breaks"] == [
         {"conn": 1, "at": pytest.approx(brk.time - kill.time), "error": brk.error}]
-    assert result.downtime["around_faults"][0]["first_ok_after_s"] is None
+    # No operation started after the kill succeeded. A reply already in flight at the kill
+    # may still arrive just after it is recorded (CI saw one 0.17 ms later): the VM sent it
+    # while alive.
+    late_oks = [invoke for invoke, done in history.pairs()
+                if done is not None and done.type == "ok" and done.time > kill.time]
+    assert all(invoke.time < kill.time for invoke in late_oks), late_oks
+    assert len(late_oks) <= 1, late_oks  # one connection: at most its one pending request
 
     strict = check(history, final, require_connection_survives=True)
     assert not strict.valid
