@@ -45,6 +45,19 @@ CATEGORIES: tuple[dict[str, Any], ...] = (
 )
 
 
+# Verdicts on what COLO promises: no known issue of the system under test excuses them.
+NEVER_EXCUSED = ("TCG checkpoint deadlock (QMP unresponsive)",
+                 "Guest crash or memory divergence",
+                 "Lost acknowledged write or stale read",
+                 "colo-compare miscompare storm")
+
+
+def never_excused(message: str) -> str | None:
+    """The category of a failure message that no known issue may turn into an xfail."""
+    category = categorise("failed", message)
+    return category if category in NEVER_EXCUSED else None
+
+
 def write_categories(alluredir: str | Path | None) -> Path | None:
     """Write ``categories.json`` into the Allure results folder, if there is one."""
     if not alluredir:

@@ -14,12 +14,21 @@ from pathlib import Path
 
 import pytest
 
+from colo_fixtures.categories import never_excused
+
 
 @dataclass(frozen=True)
 class KnownIssue:
+    """``symptom`` is a regex the failure's message must match for the issue to excuse it:
+    any other failure of the test is reported as a failure."""
+
     test: str
     reason: str
+    symptom: str
     strict: bool = True
+
+    def names(self, nodeid: str) -> bool:
+        return nodeid == self.test or nodeid.startswith(self.test + "[")
 
 
 KNOWN_ISSUES: tuple[KnownIssue, ...] = (
@@ -32,6 +41,7 @@ KNOWN_ISSUES: tuple[KnownIssue, ...] = (
         "and, at the next failover onto that secondary, the connection stalls for good "
         "(client timeout). No acknowledged write is lost; new connections work. Seen 3 of "
         "3 runs on 2026-11-28 (trace: colo_filter_rewriter_conn_offset)",
+        symptom=r"the long-lived connection did not survive the cycles",
     ),
 )
 
@@ -41,8 +51,21 @@ def mark_known_issues(items: list[pytest.Item],
     """Add an xfail marker to every collected test a known issue names."""
     for item in items:
         for issue in issues:
-            if item.nodeid == issue.test or item.nodeid.startswith(issue.test + "["):
+            if issue.names(item.nodeid):
                 item.add_marker(pytest.mark.xfail(reason=issue.reason, strict=issue.strict))
+
+
+def unexcused(nodeid: str, message: str,
+              issues: tuple[KnownIssue, ...] = KNOWN_ISSUES) -> str | None:
+    """Why a known issue's xfail does not cover this failure of ``nodeid``, if it does not:
+    the failure is a verdict on COLO's promise, or not the issue's symptom."""
+    if category := never_excused(message):
+        return f"a failure in \"{category}\" is never a known issue"
+    for issue in issues:
+        if issue.names(nodeid) and not re.search(issue.symptom, message):
+            return (f"not the known issue's symptom (/{issue.symptom}/): the known issue "
+                    "does not explain this failure")
+    return None
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from colo_fixtures import report
 from colo_fixtures.accel import choose_accel
 from colo_fixtures.build import BuildError, QemuBuild, probe_capabilities, provide_qemu
 from colo_fixtures.capture import Capture
-from colo_fixtures.categories import write_categories
+from colo_fixtures.categories import never_excused, write_categories
 from colo_fixtures.colo import ColoPair, VmConfig
 from colo_fixtures.disks import scratch_root
 from colo_fixtures.faults import Faults
@@ -46,6 +46,7 @@ from colo_fixtures.known_issues import (
     frozen_nic,
     known_log_message,
     mark_known_issues,
+    unexcused,
 )
 from colo_fixtures.ledger import LEDGER_NAME, run_alive, write_entry
 from colo_fixtures.ledger import clean as clean_ledger_file
@@ -585,14 +586,25 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
             print(f"\ncolo: run metrics in {path}")
 
 
-@pytest.hookimpl(hookwrapper=True)
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
+    """Known issues excuse only their own symptom: a correctness verdict (a lost write, a
+    guest crash, ...) or another failure of a known-issue test stays a failure; a failure
+    explained by a known QEMU log line or the frozen-NIC state becomes an xfail naming it."""
     outcome = yield
     rep = outcome.get_result()
     if rep.when == "call":
+        message = str(call.excinfo.value) if call.excinfo is not None else ""
+        if getattr(rep, "wasxfail", None) and call.excinfo is not None and (
+                why := unexcused(item.nodeid, message)):
+            rep.outcome = "failed"
+            rep.sections.append(("known issue", f"{why}: {rep.wasxfail}"))
+            del rep.wasxfail
         item.stash[report.FAILED_KEY] = rep.failed
         folder = getattr(item, "funcargs", {}).get("artifacts")
-        if rep.failed and isinstance(folder, Path):
+        if rep.failed and never_excused(message):
+            pass  # a verdict on COLO's promise: no known issue excuses it
+        elif rep.failed and isinstance(folder, Path):
             logs = sorted(folder.glob("*-stderr.log")) + sorted(folder.glob("*-console.log"))
             if found := explaining_message(logs):
                 message, where = found

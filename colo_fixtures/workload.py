@@ -465,7 +465,7 @@ def check(history: History, final: Mapping[str, tuple[int, str] | None], *,
 
     errors: list[str] = []
     stale = _check_reads(pairs, states, rel, errors)
-    lost = _check_final(states, final, final_at, rel, errors)
+    lost = _check_write_order(pairs, rel) + _check_final(states, final, final_at, rel, errors)
     connection = _connection(ops, origin)
     if require_connection_survives and not connection["survived"]:
         errors.append(_broken_connection_error(connection))
@@ -516,6 +516,48 @@ def _check_reads(pairs: list[tuple[Op, Op | None]], states: dict[str, _KeyState]
         if state.floor is None or _older(state.floor, version):
             state.floor = version
     return stale
+
+
+def _check_write_order(pairs: list[tuple[Op, Op | None]],
+                       rel: Callable[[float], str]) -> list[str]:
+    """Lost acknowledged writes the agent's write log shows, whatever was written after.
+
+    The agent numbers its durable records one after another (seq), across keys. A write
+    invoked after another was acknowledged must get a higher seq, and no two acknowledged
+    writes share one: a survivor that went back in its log hands out a seq again, even if
+    every key it forgot was overwritten before anyone read it. (Pairs are in invocation
+    order, so a seq seen again from a write invoked after the first was acknowledged is the
+    order check's to report.)
+    """
+    acked = [(invoke, done) for invoke, done in pairs if invoke.f == "write"
+             and done is not None and done.type == "ok" and done.seq is not None]
+    lost: list[str] = []
+    by_seq: dict[int, tuple[Op, Op]] = {}
+    for invoke, done in acked:
+        assert done.seq is not None
+        other = by_seq.setdefault(done.seq, (invoke, done))
+        if other[0] is not invoke and other[1].time >= invoke.time:  # overlapping writes
+            lost.append(f"lost acknowledged write: seq {done.seq} acknowledged twice, for "
+                        f"{other[0].key}={other[0].value} at {rel(other[1].time)} and "
+                        f"{invoke.key}={invoke.value} at {rel(done.time)}")
+    completed = sorted(acked, key=lambda pair: pair[1].time)
+    newest: tuple[Op, Op] | None = None  # the highest seq acknowledged so far
+    reported: set[int] = set()
+    index = 0
+    for invoke, done in sorted(acked, key=lambda pair: pair[0].time):
+        while index < len(completed) and completed[index][1].time < invoke.time:
+            if newest is None or (completed[index][1].seq or 0) > (newest[1].seq or 0):
+                newest = completed[index]
+            index += 1
+        if newest is None or (done.seq or 0) > (newest[1].seq or 0) or newest[1].seq in reported:
+            continue
+        reported.add(newest[1].seq or 0)
+        gone, gone_done = newest
+        lost.append(f"lost acknowledged write: {gone.key}={gone.value} (seq {gone_done.seq}, "
+                    f"ok at {rel(gone_done.time)}) forgotten by the agent's log: "
+                    f"{invoke.key}={invoke.value}, invoked after it at {rel(invoke.time)}, got "
+                    f"seq {done.seq} (seq {done.seq}..{gone_done.seq} lost)")
+    return lost
 
 
 def _check_final(states: dict[str, _KeyState], final: Mapping[str, tuple[int, str] | None],

@@ -140,6 +140,32 @@ def test_acknowledged_write_missing_entirely_is_lost(history: History):
         "k3=nothing"]
 
 
+def test_lost_writes_overwritten_before_any_read_are_rejected(history: History):
+    """The survivor went back three records and the client overwrote every key it forgot
+    before reading it: the final values all look current, the agent's seq does not."""
+    for seq in range(1, 17):
+        write(history, f"k{seq % 8}", f"w{seq}", seq=seq)
+    history.nemesis("kill", "primary")
+    for n, seq in enumerate(range(14, 24)):  # the survivor's log ended at seq 13
+        write(history, f"k{(16 + n + 1) % 8}", f"x{seq}", seq=seq)
+    final = {f"k{seq % 8}": (seq, f"x{seq}") for seq in range(16, 24)}
+    result = check(history, final)
+    assert not result.valid
+    assert result.lost_writes == [
+        "lost acknowledged write: k0=w16 (seq 16, ok at -0.100s) forgotten by the agent's "
+        "log: k1=x14, invoked after it at +0.100s, got seq 14 (seq 14..16 lost)"]
+
+
+def test_one_seq_acknowledged_twice_is_rejected(history: History):
+    first = history.invoke("client-1", "write", "k0", "w1", 1)
+    write(history, "k1", "w2", seq=5, process="client-2", conn=2)
+    history.complete(first, "ok", seq=5)  # concurrent, yet one record for both
+    result = check(history, {"k0": (5, "w1"), "k1": (5, "w2")})
+    assert result.lost_writes == [
+        "lost acknowledged write: seq 5 acknowledged twice, for k0=w1 at +0.300s and "
+        "k1=w2 at +0.200s"]
+
+
 def test_read_going_backwards_is_stale(history: History):
     write(history, "k0", "w1", seq=1)
     write(history, "k0", "w2", outcome="info")
