@@ -99,12 +99,13 @@ def _primary_source(pair: ColoPair, process: QemuProcess) -> AbstractContextMana
 
 
 @step("check: read the survivor's disk store")
-def survivor_store(pair: ColoPair, scratch: Path) -> dict[str, KvRecord]:
-    """The key-value records on the disk of the VM now running alone (its live view)."""
+def survivor_log(pair: ColoPair, scratch: Path) -> list[KvRecord]:
+    """Every key-value record on the disk of the VM now running alone (its live view), in
+    seq order: the agent's whole write log."""
     survivor = pair.primary_replica
     assert survivor is not None
     host = pair.hosts[survivor.host.role]
     scratch.mkdir(parents=True, exist_ok=True)
     with pair.live_export(survivor.process) as live:
         image = raw_copy(host, live, scratch / "survivor.raw", host_dir=pair.scratch / "copies")
-    return disk_store(parse_disk_records(image.read_bytes()))
+    return parse_disk_records(image.read_bytes())

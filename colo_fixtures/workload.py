@@ -443,13 +443,15 @@ def _older(a: Version, b: Version) -> bool:
 
 @step("check: the client history against what the survivor holds")
 def check(history: History, final: Mapping[str, tuple[int, str] | None], *,
-          final_at: float | None = None,
+          final_at: float | None = None, log: Mapping[int, tuple[str, str]] | None = None,
           require_connection_survives: bool = False) -> CheckResult:
     """Judge ``history`` against ``final`` (key → (seq, value) or None, from the survivor).
 
     ``final_at`` is the monotonic time the final reads began. With a client still running,
     a write acknowledged after that moment was concurrent with the final read and need not
     be in ``final``; without it, every acknowledged write in the history must be.
+    ``log`` (seq → (key, value)) is the survivor's whole write log, read from its disk:
+    then every acknowledged write must be there as its own record, overwritten or not.
     """
     ops = history.ops
     faults = history.faults()
@@ -466,6 +468,8 @@ def check(history: History, final: Mapping[str, tuple[int, str] | None], *,
     errors: list[str] = []
     stale = _check_reads(pairs, states, rel, errors)
     lost = _check_write_order(pairs, rel) + _check_final(states, final, final_at, rel, errors)
+    if log is not None:
+        lost += _check_log(pairs, log, final_at, rel)
     connection = _connection(ops, origin)
     if require_connection_survives and not connection["survived"]:
         errors.append(_broken_connection_error(connection))
@@ -557,6 +561,24 @@ def _check_write_order(pairs: list[tuple[Op, Op | None]],
                     f"ok at {rel(gone_done.time)}) forgotten by the agent's log: "
                     f"{invoke.key}={invoke.value}, invoked after it at {rel(invoke.time)}, got "
                     f"seq {done.seq} (seq {done.seq}..{gone_done.seq} lost)")
+    return lost
+
+
+def _check_log(pairs: list[tuple[Op, Op | None]], log: Mapping[int, tuple[str, str]],
+               final_at: float | None, rel: Callable[[float], str]) -> list[str]:
+    """Acknowledged writes missing from the survivor's write log (exact: seq, key, value)."""
+    lost = []
+    for invoke, done in pairs:
+        if invoke.f != "write" or done is None or done.type != "ok" or done.seq is None:
+            continue
+        if final_at is not None and done.time > final_at:
+            continue  # concurrent with the read of the log
+        record = log.get(done.seq)
+        if record != (invoke.key, invoke.value):
+            holds = "nothing" if record is None else f"{record[0]}={record[1]}"
+            lost.append(f"lost acknowledged write: {invoke.key}={invoke.value} (seq {done.seq}, "
+                        f"ok at {rel(done.time)}) not in the survivor's disk log (record "
+                        f"{done.seq} holds {holds})")
     return lost
 
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 import allure
 import pytest
 
-from colo_fixtures.consistency import compare_replicas, survivor_store
+from colo_fixtures.consistency import compare_replicas, survivor_log
+from colo_fixtures.guest import disk_store
 from colo_fixtures.workload import check
 
 pytestmark = [pytest.mark.colo, pytest.mark.disk, allure.epic("COLO"), allure.feature("disk")]
@@ -55,9 +56,12 @@ def test_survivor_disk_holds_acknowledged_writes(start_colo, tmp_path, victim):
         pair.failover_to_primary(since=at)
     workload.wait_ok(10, timeout=60, since=colo.history.ops[-1].time)
     workload.stop()
-    store = survivor_store(pair, tmp_path)
-    final = {key: (record.seq, record.value) for key, record in store.items()}
-    result = check(colo.history, final)
-    colo.write_metrics("survivor-disk", {"victim": victim, "records": len(store),
-                                         "check": result.to_json()})
+    records = survivor_log(pair, tmp_path)
+    final = {key: (record.seq, record.value) for key, record in disk_store(records).items()}
+    # Every acknowledged write as its own record on disk, and the newest value of each key.
+    result = check(colo.history, final, log={r.seq: (r.key, r.value) for r in records})
+    mem = colo.agent().mem()
+    colo.write_metrics("survivor-disk", {"victim": victim, "records": len(records),
+                                         "survivor_memcheck": mem, "check": result.to_json()})
     assert result.valid, result.summary()
+    assert mem["errors"] == 0, f"the survivor's memory check failed: {mem}"

@@ -79,22 +79,35 @@ def fail_over(colo, victim: str, fault: str) -> dict[str, Any]:
     return figures
 
 
+def client_figures(result, fault: int) -> dict[str, Any]:
+    """What the client saw of fault number ``fault`` (in the history's order): its first ok
+    operation after the fault, and the gap between ok operations around it."""
+    around = result.downtime["around_faults"]
+    seen = around[fault] if around else {}
+    return {"first_ok_after_s": seen.get("first_ok_after_s"),
+            "client_downtime_s": seen.get("gap_s")}
+
+
+def survivor_memcheck(colo, figures: dict[str, Any]) -> None:
+    """The serving VM's own memory check (the agent's MEM), recorded, then asserted clean."""
+    mem = figures["survivor_memcheck"] = colo.agent().mem()
+    assert mem["errors"] == 0, f"the survivor's memory check failed: {mem}"
+
+
 def judge(colo, workload, figures: dict[str, Any], name: str = "failover") -> None:
     """Let the client run on, stop it, check the history against the survivor, report."""
     workload.wait_ok(20, timeout=60, since=colo.history.ops[-1].time)
     workload.stop()
     final, final_at = colo.final_state()
     result = check(colo.history, final, final_at=final_at, require_connection_survives=True)
-    faults = result.downtime["around_faults"]
-    figures.update(first_ok_after_s=faults[0]["first_ok_after_s"] if faults else None,
-                   client_downtime_s=max((f["gap_s"] or 0) for f in faults) if faults else None,
-                   connection=result.connection, operations=result.stats)
-    mem = colo.agent().mem()
-    figures["survivor_memcheck"] = mem
-    colo.write_metrics(name, figures)
+    figures.update(client_figures(result, 0), connection=result.connection,
+                   operations=result.stats)
+    try:
+        survivor_memcheck(colo, figures)
+    finally:
+        colo.write_metrics(name, figures)
     allure.attach(result.summary(), "checker", allure.attachment_type.TEXT)
     assert result.valid, result.summary()
-    assert mem["errors"] == 0, f"the survivor's memory check failed: {mem}"
     assert colo.pair.primary.qmp("query-status")["status"] == "running"
 
 
@@ -145,8 +158,12 @@ def test_resume_replication(start_colo, tmp_path):
     final, final_at = colo.final_state()
     result = check(colo.history, final, final_at=final_at, require_connection_survives=True)
     comparison = compare_replicas(colo.pair, tmp_path / "compare")
-    figures["disks_identical"] = comparison.identical
-    colo.write_metrics("resume", figures)
+    figures.update(client_figures(result, 0), disks_identical=comparison.identical,
+                   connection=result.connection)
+    try:
+        survivor_memcheck(colo, figures)
+    finally:
+        colo.write_metrics("resume", figures)
     assert result.valid, result.summary()
     assert comparison.identical, f"resynchronised disks differ: {comparison.to_json()}"
     assert colo.pair.colo_modes() == ("primary", "secondary")
@@ -180,28 +197,37 @@ def traffic_around_checkpoint(start_colo, checkpointed: bool):
 def test_repeated_cycles(start_colo, colo_settings, connection):
     cycles = colo_settings.colo_cycles
     colo, workload = traffic_around_checkpoint(start_colo, connection == "checkpointed")
-    reports = []
+    reports: list[dict[str, Any]] = []
+
+    def record(**extra: Any) -> None:  # after every cycle: a failing run keeps its count
+        colo.write_metrics("cycles", {
+            "cycles": reports, "wanted": cycles,
+            "reached": sum(1 for r in reports if r.get("history_valid")), **extra})
+
     for cycle in range(1, cycles + 1):
         victim = "primary" if cycle % 2 else "secondary"
         try:
             figures = fail_over(colo, victim, "kill")
+            reports.append(figures)
             figures["resume"] = resume_and_verify(colo, workload, cycle)
         except QemuError as exc:
+            record(failed=f"cycle {cycle}: {str(exc).splitlines()[0]}")
             raise AssertionError(f"cycle {cycle} ({victim} killed) failed: "
                                  f"{str(exc).splitlines()[0]}") from exc
         # The checker passes after every cycle, not only at the end; the client runs on
         # meanwhile, so writes acknowledged after the final reads began are concurrent.
         final, final_at = colo.final_state()
         snapshot = check(colo.history, final, final_at=final_at)
-        figures["history_valid"] = snapshot.valid
-        reports.append(figures)
+        figures.update(client_figures(snapshot, cycle - 1), history_valid=snapshot.valid)
+        try:
+            survivor_memcheck(colo, figures)
+        finally:
+            record()
         assert snapshot.valid, f"after cycle {cycle}: {snapshot.summary()}"
     workload.stop()
     final, final_at = colo.final_state()
     result = check(colo.history, final, final_at=final_at)
-    colo.write_metrics("cycles", {"cycles": reports, "reached": len(reports),
-                                  "connection": result.connection,
-                                  "downtime": result.downtime})
+    record(connection=result.connection, downtime=result.downtime)
     allure.attach(result.summary(), "checker", allure.attachment_type.TEXT)
     assert result.valid, result.summary()
     assert result.connection["survived"], (

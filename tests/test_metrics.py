@@ -44,6 +44,20 @@ def test_collect_and_summarise(tmp_path: Path):
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 5000
 
 
+def test_failovers_of_the_resume_test_and_of_every_cycle_count(tmp_path: Path):
+    artifacts = tmp_path / "artifacts"
+    figures(artifacts / "test_kill", {"failover": {"colo_exit_s": 0.01}})
+    figures(artifacts / "test_resume", {"resume": {"colo_exit_s": 0.02,
+                                                   "resume": {"mirror_s": 0.2}}})
+    figures(artifacts / "test_cycles", {"cycles": {"reached": 2, "cycles": [
+        {"colo_exit_s": 0.03, "resume": {"mirror_s": 0.1}},
+        {"colo_exit_s": 0.5, "resume": {"mirror_s": 0.3}}, {"colo_exit_s": None}]}})
+    summary = summarise(collect(artifacts))
+    assert summary["COLO_EXIT after fault"] == {"p50": 0.025, "max": 0.5, "count": 4,
+                                                "unit": "s"}
+    assert summary["resume disk mirror"] == {"p50": 0.2, "max": 0.3, "count": 3, "unit": "s"}
+
+
 def test_a_slower_figure_beyond_threshold_and_floor_is_a_regression():
     before = {"checkpoint pause p50": {"p50": 50.0, "max": 60.0, "unit": "ms"},
               "client downtime": {"p50": 0.2, "max": 0.4, "unit": "s"},

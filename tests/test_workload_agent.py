@@ -108,7 +108,7 @@ def test_workload_records_qemu_killed_mid_run(boot, record_property):
 
     records = parse_disk_records(vm.disk.read_bytes())
     final = {key: (r.seq, r.value) for key, r in disk_store(records).items()}
-    result = check(history, final)
+    result = check(history, final, log={r.seq: (r.key, r.value) for r in records})
     print(result.summary())
     record_property("workload_check", result.to_json())
     assert result.valid, result.summary()

@@ -156,6 +156,25 @@ def test_lost_writes_overwritten_before_any_read_are_rejected(history: History):
         "log: k1=x14, invoked after it at +0.100s, got seq 14 (seq 14..16 lost)"]
 
 
+def test_survivor_log_must_hold_every_acknowledged_write(history: History):
+    """The disk log keeps every record: an acknowledged write overwritten later must still
+    be there as its own record, with its key and value."""
+    write(history, "k0", "w1", seq=1)
+    write(history, "k0", "w2", seq=2)
+    write(history, "k1", "w3", seq=3)
+    final = {"k0": (2, "w2"), "k1": (3, "w3")}
+    whole = {1: ("k0", "w1"), 2: ("k0", "w2"), 3: ("k1", "w3")}
+    assert check(history, final, log=whole).valid
+    result = check(history, final, log={2: ("k0", "w2"), 3: ("k1", "w3"), 1: ("k9", "x")})
+    assert result.lost_writes == [
+        "lost acknowledged write: k0=w1 (seq 1, ok at +0.100s) not in the survivor's disk "
+        "log (record 1 holds k9=x)"]
+    result = check(history, final, log={2: ("k0", "w2"), 3: ("k1", "w3")}, final_at=100.25)
+    assert result.lost_writes == [
+        "lost acknowledged write: k0=w1 (seq 1, ok at +0.100s) not in the survivor's disk "
+        "log (record 1 holds nothing)"]
+
+
 def test_one_seq_acknowledged_twice_is_rejected(history: History):
     first = history.invoke("client-1", "write", "k0", "w1", 1)
     write(history, "k1", "w2", seq=5, process="client-2", conn=2)
