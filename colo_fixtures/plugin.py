@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -25,12 +26,20 @@ import pytest
 from colo_fixtures import report
 from colo_fixtures.accel import choose_accel
 from colo_fixtures.build import BuildError, QemuBuild, probe_capabilities, provide_qemu
+from colo_fixtures.cache import CacheError
 from colo_fixtures.capture import Capture
 from colo_fixtures.categories import never_excused, write_categories
 from colo_fixtures.colo import ColoPair, VmConfig
 from colo_fixtures.disks import scratch_root
 from colo_fixtures.faults import Faults
-from colo_fixtures.guest import AGENT_PORT, AgentClient, GuestImage, build_guest, kernel_cmdline
+from colo_fixtures.guest import (
+    AGENT_PORT,
+    AgentClient,
+    GuestBuildError,
+    GuestImage,
+    build_guest,
+    kernel_cmdline,
+)
 from colo_fixtures.hosts import CommandError, Host, namespace_hosts
 from colo_fixtures.inventory import Inventory, InventoryError, load_inventory
 from colo_fixtures.inventory_lab import (
@@ -78,6 +87,7 @@ SETTINGS_KEY = pytest.StashKey[Settings]()
 INVENTORY_KEY = pytest.StashKey[tuple[Inventory, Topology]]()
 STARTED_KEY = pytest.StashKey[list["ColoLab"]]()
 RUN_ID = uuid.uuid4().hex[:6]
+LACKS_COLO = "lacks COLO support"  # the skip reason of a QEMU without COLO
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -85,8 +95,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     for knob in KNOBS:
         env = " or ".join((knob.env, *knob.env_aliases))
         if knob.flag:
-            group.addoption(knob.option, action="store_true", default=None, dest=knob.name,
-                            help=f"{knob.help} [env {env}]")
+            group.addoption(knob.option, action="store_const", const=True, default=None,
+                            dest=knob.name, help=f"{knob.help} [env {env}; off: {knob.negation}]")
+            group.addoption(knob.negation, action="store_const", const=False, dest=knob.name,
+                            help=argparse.SUPPRESS)
         else:
             default = f"; default {knob.default}" if knob.default else ""
             group.addoption(knob.option, dest=knob.name, metavar=knob.metavar, default=None,
@@ -95,6 +107,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    config.pluginmanager.register(NothingProved(), "colo-nothing-proved")
     for name, description in MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {description}")
     cli = {knob.name: config.getoption(knob.name) for knob in KNOBS}
@@ -151,6 +164,8 @@ def qemu_build(colo_settings: Settings) -> QemuBuild:
         if exc.log:
             report.attach_file(exc.log, "QEMU build log")
         pytest.fail(f"QEMU unavailable: {exc}", pytrace=False)
+    except CacheError as exc:
+        pytest.fail(f"QEMU unavailable: {exc}", pytrace=False)
     unmatched = [p for p in s.colo_trace
                  if not any(fnmatch(event, p) for event in caps.trace_events)]
     if unmatched:
@@ -158,7 +173,7 @@ def qemu_build(colo_settings: Settings) -> QemuBuild:
                     "matches (see its -trace help)", pytrace=False)
     missing = caps.missing()
     if missing:
-        pytest.skip(f"{build.binary} (QEMU {caps.version}) lacks COLO support: "
+        pytest.skip(f"{build.binary} (QEMU {caps.version}) {LACKS_COLO}: "
                     f"{', '.join(missing)}")
     report.environment(qemu_binary=build.binary, qemu_origin=build.origin,
                        qemu_version=caps.version, qemu_build_key=build.key or "-",
@@ -169,7 +184,10 @@ def qemu_build(colo_settings: Settings) -> QemuBuild:
 @pytest.fixture(scope="session")
 def guest_image(colo_settings: Settings) -> GuestImage:
     """The tiny guest (cloud kernel, busybox initramfs, colo-agent), built once and cached."""
-    return build_guest(colo_settings.cache_dir)
+    try:
+        return build_guest(colo_settings.cache_dir)
+    except (GuestBuildError, CacheError) as exc:
+        pytest.fail(f"guest image unavailable: {exc}", pytrace=False)
 
 
 @pytest.fixture(scope="session")
@@ -198,12 +216,17 @@ def lab_hosts(pytestconfig: pytest.Config, colo_settings: Settings, qemu_build: 
         hosts.close()
 
 
+class AccelFallback(UserWarning):
+    """--accel auto found KVM unusable and runs the guests under TCG (slower)."""
+
+
 @pytest.fixture(scope="session")
 def accel(colo_settings: Settings, qemu_build: QemuBuild, guest_image: GuestImage) -> str:
     """tcg or kvm, after the time-boxed KVM boot probe when --accel auto."""
     chosen, reason = choose_accel(colo_settings.accel, qemu_build, guest_image.kernel,
                                   colo_settings.cache_dir)
-    print(f"\ncolo: accelerator {chosen}: {reason}")
+    if colo_settings.accel == "auto" and chosen == "tcg":  # shown in the warnings summary
+        warnings.warn(AccelFallback(f"--accel auto fell back to TCG: {reason}"), stacklevel=1)
     report.environment(accel=chosen, accel_reason=reason, guest_kernel=guest_image.kernel_version)
     return chosen
 
@@ -572,6 +595,27 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 SESSION_START = time.time()
 
 
+class NothingProved:
+    """Skipping a test whose QEMU lacks COLO is right; a run where that skipped every test
+    proved nothing, and exits 1 saying so (xdist: the controller sees every report)."""
+
+    def __init__(self) -> None:
+        self.ran = 0
+        self.lacks_colo = 0
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.when == "call":
+            self.ran += 1
+        elif report.skipped and LACKS_COLO in str(report.longrepr):
+            self.lacks_colo += 1
+
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        if self.lacks_colo and not self.ran and session.exitstatus == 0:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+            print(f"\ncolo: every test skipped because the QEMU binary {LACKS_COLO} (see "
+                  "the skip reasons): nothing was proved, exit status 1")
+
+
 def pytest_sessionfinish(session: pytest.Session) -> None:
     alluredir = session.config.getoption("allure_report_dir", None)
     report.write_environment(alluredir)
@@ -593,6 +637,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
     explained by a known QEMU log line or the frozen-NIC state becomes an xfail naming it."""
     outcome = yield
     rep = outcome.get_result()
+    if rep.when == "setup" and rep.failed:  # e.g. COLO never started: the teardown diagnoses
+        item.stash[report.FAILED_KEY] = True
     if rep.when == "call":
         message = str(call.excinfo.value) if call.excinfo is not None else ""
         if getattr(rep, "wasxfail", None) and call.excinfo is not None and (

@@ -55,6 +55,23 @@ def _existing_dir(value: str) -> Path:
     return path.resolve()
 
 
+def _dir(value: str) -> Path:
+    """A directory the harness writes into: may not exist yet, but is no file."""
+    path = _path(value)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{path} exists and is not a directory: name a directory")
+    return path
+
+
+def _patch_series(value: str) -> Path:
+    """A patch series: a ``series`` file or at least one ``*.patch``."""
+    path = _existing_dir(value)
+    if not (path / "series").is_file() and not any(path.glob("*.patch")):
+        raise ValueError(f"{path} holds no series file and no *.patch: for QEMU without "
+                         "patches give --qemu-binary (e.g. /usr/bin/qemu-system-x86_64)")
+    return path
+
+
 def _choice(choices: tuple[str, ...]) -> Callable[[str], str]:
     def parse(value: str) -> str:
         if value not in choices:
@@ -142,11 +159,16 @@ class Knob:
 
     @property
     def ini(self) -> str:
-        return "colo_" + self.name
+        return "colo_" + self.name.removeprefix("colo_")
 
     @property
     def env(self) -> str:
-        return "COLO_" + self.name.upper()
+        return "COLO_" + self.name.removeprefix("colo_").upper()
+
+    @property
+    def negation(self) -> str:
+        """A flag's option that turns it off (over the environment and ini)."""
+        return "--no-" + self.name.replace("_", "-")
 
     def from_env(self, env: Mapping[str, str]) -> tuple[str, str] | None:
         """(value, variable) of the first of ``env`` and ``env_aliases`` that is set."""
@@ -161,7 +183,7 @@ KNOBS: tuple[Knob, ...] = (
          "use this qemu-system-x86_64 instead of building one", "PATH"),
     Knob("qemu_src", _existing_dir, None,
          "build QEMU from this source tree instead of Debian's 7.2 source package", "DIR"),
-    Knob("qemu_patches", _existing_dir, str(DEFAULT_PATCHES),
+    Knob("qemu_patches", _patch_series, str(DEFAULT_PATCHES),
          "patch series applied before building (a directory of *.patch, optional 'series')",
          "DIR"),
     Knob("accel", _choice(ACCELS), "auto",
@@ -178,9 +200,9 @@ KNOBS: tuple[Knob, ...] = (
          "over SSH, from --inventory)", "local|inventory"),
     Knob("inventory", _readable_file, None,
          "inventory file (TOML) of the lab hosts, for --colo-profile inventory", "PATH"),
-    Knob("report_dir", _path, str(PROJECT_ROOT / "reports"),
+    Knob("report_dir", _dir, str(PROJECT_ROOT / "reports"),
          "where per-test artifacts and metrics are written", "DIR"),
-    Knob("cache_dir", _path, None,
+    Knob("cache_dir", _dir, None,
          "build cache for QEMU and the guest (default ~/.cache/colo-harness)", "DIR"),
     Knob("keep_on_failure", _bool, "false",
          "keep scratch disks and sockets of failed tests for inspection", flag=True),
@@ -262,10 +284,9 @@ def load_settings(
     values: dict[str, Any] = {}
     for knob in KNOBS:
         cli_value = cli.get(knob.name)
-        if knob.flag and cli_value is False:
-            cli_value = None
         if cli_value is not None:
-            raw, source = str(cli_value), knob.option
+            raw = str(cli_value).lower() if knob.flag else str(cli_value)
+            source = knob.negation if cli_value is False else knob.option
         elif (found := knob.from_env(env)) is not None:
             raw, source = found[0], f"${found[1]}"
         elif ini.get(knob.name):

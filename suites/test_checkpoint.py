@@ -82,7 +82,8 @@ def test_changing_delay_forces_checkpoint(start_colo):
     latency = forced.requested - changed_at
     colo.write_metrics("forced-checkpoint", {"seconds_from_set_to_request": latency,
                                             "pause_seconds": forced.pause})
-    assert latency < QUIET_DELAY_MS / 1000 / 2, (
+    # Measured here: 1.5 ms. A second is far beyond that and far short of the 20 s timer.
+    assert latency < 1.0, (
         f"the checkpoint after migrate-set-parameters came {latency:.1f}s later: not forced")
 
 
@@ -107,14 +108,19 @@ def test_client_traffic_is_served_and_compared(start_colo):
         assert agent.get(key) == (seq, value)
     elapsed = time.time() - window_start
     after = colo.pair.checkpoints()
-    triggered = [c for c in after[before:] if c.requested >= window_start]
+    # In the window, a checkpoint sooner than the 20 s timer after the one before it was
+    # asked for by colo-compare (the timer never fires early).
+    triggered = [c for previous, c in zip(after[before - 1:], after[before:], strict=False)
+                 if c.requested >= window_start
+                 and c.requested - previous.requested < QUIET_DELAY_MS / 1000 - 0.005]
     ifb_after = colo.lab.ifb_stats()
     redirected = ifb_after["ifb_tx_packets"] - ifb_before["ifb_tx_packets"]
     colo.write_metrics("traffic", {"operations": 40 + 4 + len(writes), "seconds": elapsed,
                                    "checkpoints_in_window": len(triggered),
                                    "ifb_redirected_packets": redirected})
     assert elapsed < QUIET_DELAY_MS / 1000, "the traffic window outlasted the checkpoint delay"
-    assert triggered, "client traffic with differing replies forced no checkpoint"
+    assert triggered, ("client traffic with differing replies forced no checkpoint "
+                       "(none came sooner than the timer)")
     assert redirected >= 40, f"only {redirected} packets went through ifb0's redirection"
 
 

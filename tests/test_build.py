@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -160,3 +161,21 @@ def test_probe_reports_what_a_binary_lacks(tmp_path: Path):
     assert caps.version == "1.0"
     assert "object colo-compare" in caps.missing()
     assert "block driver replication" in caps.missing()
+
+
+MICROVM = Path("/usr/bin/qemu-system-x86_64-microvm")  # Debian's: no replication driver
+
+
+@pytest.mark.skipif(not MICROVM.exists(), reason="Debian's qemu-system-x86 is not installed")
+def test_a_run_that_only_skips_for_lack_of_colo_exits_1(tmp_path: Path):
+    """Each test skips with the reason; the run as a whole proved nothing and says so."""
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "suites/test_checkpoint.py", "-m", "colo", "-rs",
+         "-p", "no:cacheprovider", "--qemu-binary", str(MICROVM),
+         "--report-dir", str(tmp_path / "reports")],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    out = result.stdout
+    assert result.returncode == 1, out[-3000:]
+    assert "lacks COLO support: block driver replication" in out, out[-3000:]
+    assert "nothing was proved, exit status 1" in out
+    assert " skipped in " in out.splitlines()[-1] and "passed" not in out.splitlines()[-1]

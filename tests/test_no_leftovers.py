@@ -27,15 +27,37 @@ def processes_mentioning(text: str) -> list[int]:
     return found
 
 
+def run_and_check_nothing_left(reports: Path, *options: str) -> subprocess.CompletedProcess:
+    namespaces_before = set(netns.listnetns())
+    scratch_before = set(scratch_root().glob("colo-*"))
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest",
+         "suites/test_checkpoint.py::test_colo_running_on_both_sides",
+         "-p", "no:cacheprovider", "-q", "--report-dir", str(reports), *options],
+        cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert set(netns.listnetns()) == namespaces_before
+    assert set(scratch_root().glob("colo-*")) == scratch_before
+    assert processes_mentioning(str(reports)) == []
+    return result
+
+
+def test_failed_run_cleans_up_too(tmp_path: Path):
+    """A wait that runs out (a 1 s limit, shorter than the guest's boot) fails the test with
+    its diagnosis; the teardown still removes everything."""
+    reports = tmp_path / "reports"
+    result = run_and_check_nothing_left(reports, "--wait-timeout", "1")
+    assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-2000:]
+    assert "within 1s" in result.stdout or "within 2s" in result.stdout, result.stdout[-3000:]
+    artifacts = next((reports / "artifacts").iterdir())
+    assert (artifacts / "diagnosis.txt").is_file()
+    assert not list(artifacts.glob("*.qmp")), "a QMP socket was left in the artifacts"
+
+
 def test_suite_run_cleans_up(tmp_path: Path):
     namespaces_before = set(netns.listnetns())
     scratch_before = set(scratch_root().glob("colo-*"))
     reports = tmp_path / "reports"
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest",
-         "suites/test_checkpoint.py::test_colo_running_on_both_sides",
-         "-p", "no:cacheprovider", "-q", "--report-dir", str(reports)],
-        cwd=ROOT, capture_output=True, text=True, timeout=900)
+    result = run_and_check_nothing_left(reports)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     assert set(netns.listnetns()) == namespaces_before
     assert set(scratch_root().glob("colo-*")) == scratch_before

@@ -85,3 +85,13 @@ def test_auto_accel_falls_back_to_tcg_with_a_reason(tmp_path: Path):
     again, cached = choose_accel("auto", qemu, kernel, tmp_path)
     assert again == accel and "cached" in cached
     assert choose_accel("tcg", qemu, kernel, tmp_path) == ("tcg", "requested with --accel tcg")
+
+
+def test_auto_accel_falls_back_when_the_kvm_guest_cannot_boot(tmp_path: Path):
+    """The fallback branch, forced with a real QEMU: a kernel that is not there."""
+    qemu = QemuBuild(QEMU, "debian")
+    bogus = tmp_path / "no-such-kernel"
+    accel, why = choose_accel("auto", qemu, bogus, tmp_path)
+    assert accel == "tcg"
+    assert why.startswith(("QEMU with -accel kvm exited:", "/dev/kvm is missing")), why
+    assert "cached" in choose_accel("auto", qemu, bogus, tmp_path)[1]

@@ -42,6 +42,18 @@ def test_flag_from_env_and_cli():
     assert load_settings(NO_CLI, NO_INI, {"COLO_KEEP_ON_FAILURE": "yes"}).keep_on_failure
     assert load_settings({"keep_on_failure": True}, NO_INI, {}).keep_on_failure
     assert not load_settings({"keep_on_failure": False}, NO_INI, {}).keep_on_failure
+    # --no-pcap (False) turns off what the environment or the ini turned on
+    assert not load_settings({"pcap": False}, {"pcap": "true"}, {"COLO_PCAP": "1"}).pcap
+    assert load_settings({"pcap": None}, NO_INI, {"COLO_PCAP": "1"}).pcap
+
+
+def test_names_of_colo_knobs_are_not_doubled():
+    knobs = {knob.name: knob for knob in KNOBS}
+    assert (knobs["colo_profile"].env, knobs["colo_profile"].ini) == ("COLO_PROFILE",
+                                                                      "colo_profile")
+    assert knobs["colo_cycles"].option == "--colo-cycles"
+    assert knobs["pcap"].negation == "--no-pcap"
+    assert load_settings(NO_CLI, NO_INI, {"COLO_CYCLES": "16"}).colo_cycles == 16
 
 
 @pytest.mark.parametrize(("cli", "env", "expected"), [
@@ -64,6 +76,10 @@ def test_flag_from_env_and_cli():
     ({"vmft_cflags": "-fcommon O2"}, {}, "--vmft-cflags: 'O2' is not a flag"),
     ({"rdma_device": "mlx5_0;reboot"}, {}, "--rdma-device: 'mlx5_0;reboot' is not a device name"),
     ({"python2": "/nonexistent/python2"}, {}, "--python2: no such file"),
+    ({"report_dir": __file__}, {}, "--report-dir: " + __file__ + " exists and is not a dir"),
+    ({}, {"COLO_CACHE_DIR": __file__}, "$COLO_CACHE_DIR: " + __file__ + " exists and is not"),
+    ({"qemu_patches": str(Path(__file__).parent)}, {},
+     "holds no series file and no *.patch: for QEMU without patches give --qemu-binary"),
 ])
 def test_bad_values_are_one_line_errors(cli, env, expected):
     with pytest.raises(SettingsError) as info:

@@ -75,6 +75,8 @@ def test_stall_after_vmstate_loaded_is_named_the_tcg_deadlock():
     assert "checkpoint #1 after 'vmstate-loaded'" in message
     assert "TCG checkpoint deadlock" in message
     assert "before its first checkpoint" in describe_stall([], None)
+    under_kvm = describe_stall(points, last, "kvm")
+    assert "not that known bug" in under_kvm and "0001 fixes it" not in under_kvm
 
 
 def test_percentile_nearest_rank():
