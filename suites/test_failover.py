@@ -9,6 +9,7 @@ client operation) and client downtime go into ``failover.json`` per test.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import allure
@@ -26,6 +27,7 @@ DELAY_MS = 2000
 # checkpoint pauses the VM for 50-70 ms: a kill reacting to STOP from here lands after it.
 # A side's VM stopping for a checkpoint, as its own trace log says it.
 CHECKPOINT_STOP = "colo_vm_state_change Change 'run' => 'stop'"
+IDLE_AFTER_RESUME_S = 0.3  # an idle kill comes this long after a checkpoint resumed
 HEARTBEAT_S = 0.5  # the harness's QMP heartbeat period
 HEARTBEAT_MISSES = 3  # unanswered heartbeats before a peer is declared hung
 
@@ -47,31 +49,55 @@ def kill_during_checkpoint(colo, process) -> tuple[float, bool]:
     """
     at = colo.faults.kill_on_trace(process, CHECKPOINT_STOP, DELAY_MS / 1000 * 3 + 10,
                                    "during a checkpoint")
-    inside = [c for c in colo.pair.checkpoints()
-              if c.requested <= at and (c.resumed is None or at < c.resumed)]
-    return at, bool(inside)
+    return at, in_checkpoint(colo, at)
+
+
+def in_checkpoint(colo, at: float) -> bool:
+    """Whether wall time ``at`` fell inside a checkpoint of the primary's trace (requested,
+    not resumed yet)."""
+    return any(c.requested <= at and (c.resumed is None or at < c.resumed)
+               for c in colo.pair.checkpoints())
+
+
+def kill_while_idle(colo, process) -> tuple[float, bool]:
+    """SIGKILL ``process`` while both VMs run: a moment after the primary resumed from a
+    checkpoint, long before the next one is due. Returns the fault time and whether it
+    nevertheless fell inside a checkpoint (colo-compare can ask for one at any moment)."""
+    pair = colo.pair
+    resumed = len([c for c in pair.checkpoints() if c.resumed is not None])
+    pair.wait_checkpoints(resumed + 1, timeout=DELAY_MS / 1000 * 2 + 30)
+    time.sleep(IDLE_AFTER_RESUME_S)
+    at = colo.faults.kill(process, "while idle")
+    return at, in_checkpoint(colo, at)
 
 
 def fail_over(colo, victim: str, fault: str) -> dict[str, Any]:
-    """Inject ``fault`` (kill | kill-in-checkpoint | hang) into ``victim`` and fail over."""
+    """Inject ``fault`` (kill | kill-while-idle | kill-in-checkpoint | hang) into ``victim``
+    and fail over."""
     pair = colo.pair
     process = pair.primary if victim == "primary" else pair.secondary
     figures: dict[str, Any] = {"victim": victim, "fault": fault}
     if fault == "kill":
         at = colo.faults.kill(process)
+    elif fault == "kill-while-idle":
+        at, figures["in_checkpoint"] = kill_while_idle(colo, process)
     elif fault == "kill-in-checkpoint":
         at, figures["in_checkpoint"] = kill_during_checkpoint(colo, process)
     elif fault == "hang":
         at = colo.faults.stop(process)
         declared = pair.wait_unresponsive(process, HEARTBEAT_S, HEARTBEAT_MISSES)
         figures["hang_detected_s"] = declared - at
-        # Fence before failing over: a frozen peer still holds its NBD and proxy sockets,
-        # and the survivor's drive_del would wait on them forever.
-        colo.faults.kill(process, "fenced: declared hung by the heartbeat")
+        if victim == "secondary":
+            # Fence first: the primary's drive_del would wait for ever on the NBD requests
+            # a frozen secondary never answers.
+            colo.faults.kill(process, "fenced before the failover: declared hung")
     else:
         raise ValueError(f"unknown fault {fault!r}")
     if victim == "primary":
+        # A frozen primary is taken over as it is (it holds nothing the secondary needs)...
         times = pair.failover_to_secondary(since=at)
+        if fault == "hang":  # ... and fenced after, so that it never runs on beside it
+            colo.faults.kill(process, "fenced after the takeover: declared hung")
     else:
         times = pair.failover_to_primary(since=at)
     colo.faults.mark("failover-done", times.survivor)
@@ -111,13 +137,16 @@ def judge(colo, workload, figures: dict[str, Any], name: str = "failover") -> No
     assert colo.pair.primary.qmp("query-status")["status"] == "running"
 
 
-@allure.story("failover after SIGKILL")
+@allure.story("failover after SIGKILL while idle")
 @pytest.mark.parametrize("victim", ["primary", "secondary"])
 def test_failover_after_kill(start_colo, victim):
     colo, workload = start_with_traffic(start_colo)
-    figures = fail_over(colo, victim, "kill")
+    figures = fail_over(colo, victim, "kill-while-idle")
     assert figures["colo_exit_s"] is not None, "the survivor emitted no COLO_EXIT"
     judge(colo, workload, figures)
+    assert not figures["in_checkpoint"], (
+        "the kill timed between checkpoints fell inside one (colo-compare asked for a "
+        "checkpoint in that moment): this run did not test an idle failover")
 
 
 @allure.story("failover after SIGKILL during a checkpoint")
