@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,10 +51,17 @@ def make_secondary_disks(host: Host, directory: Path, size_mib: int,
     return disks
 
 
-def scratch_root() -> Path:
-    """Where scratch directories go: /dev/shm (tmpfs, as the seed's /mnt/ramfs) when usable."""
-    shm = Path("/dev/shm")
-    return shm if shm.is_dir() else Path("/tmp")
+SCRATCH_MIN_FREE = 1 << 30  # a lab's disks and their copies take a few hundred MiB
+
+
+def scratch_root(tmpfs: Path = Path("/dev/shm")) -> Path:
+    """Where scratch directories go: /dev/shm (tmpfs, as the seed's /mnt/ramfs) when it is
+    there, writable and has a GiB free; /tmp otherwise."""
+    try:
+        usable = os.access(tmpfs, os.W_OK) and shutil.disk_usage(tmpfs).free >= SCRATCH_MIN_FREE
+    except OSError:
+        usable = False
+    return tmpfs if usable else Path("/tmp")
 
 
 REGION = 1 << 20  # digest granularity: a mismatch is named to the MiB

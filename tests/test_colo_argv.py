@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 from colo_fixtures.colo import VmConfig, primary_argv, proxy_objects, secondary_argv
@@ -77,3 +78,17 @@ def test_roles_swap_hosts_after_failover():
     argv = secondary_argv(VM, pri, sec, topo.ports, SECONDARY)
     assert options(argv, "-incoming") == ["tcp:10.22.1.2:8888"]
     assert options(argv, "-chardev")[0] == "socket,id=red0,host=10.22.1.3,port=9003,reconnect=1"
+
+
+def test_scratch_goes_to_tmpfs_only_when_it_has_room(tmp_path: Path):
+    from colo_fixtures.disks import scratch_root
+
+    assert scratch_root(tmp_path) == tmp_path  # writable, with room
+    assert scratch_root(tmp_path / "missing") == Path("/tmp")
+    tiny = tmp_path / "tiny"
+    tiny.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(tiny)], check=True)
+    try:
+        assert scratch_root(tiny) == Path("/tmp")  # a full or small tmpfs is not used
+    finally:
+        subprocess.run(["umount", str(tiny)], check=True)
