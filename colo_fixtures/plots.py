@@ -22,7 +22,7 @@ import matplotlib.pyplot as plt
 from colo_fixtures.trace import Checkpoint
 from colo_fixtures.workload import FAULTS, History, Op
 
-COLORS = {"ok": "tab:green", "fail": "tab:red", "info": "tab:orange"}
+COLORS = {"ok": "tab:green", "fail": "tab:red", "timeout": "tab:purple", "info": "tab:orange"}
 
 
 def _origin(history: History, fallback: float) -> float:

@@ -3,7 +3,8 @@
 Jepsen style: a client keeps one long-lived TCP connection to the guest agent and does
 writes and reads continuously; every operation is recorded as an ``invoke`` followed by
 ``ok`` (done), ``fail`` (certainly not done: an ``ERR`` reply, or the request never fully
-sent) or ``info`` (unknown: a timeout or a lost connection after the request went out).
+sent), ``timeout`` (unknown: no reply in time) or ``info`` (unknown: the connection broke
+after the request went out).
 The nemesis (``faults``) records its faults in the same history. After the run, ``check``
 compares the history with what the surviving VM holds: every acknowledged write must be
 there, no read may go back in time, and nothing that failed or was never written may show.
@@ -28,6 +29,11 @@ from colo_fixtures.report import step
 
 Clock = Callable[[], tuple[float, float]]
 
+# How an operation ends: ok, fail (known not to have happened: ERR, or never sent), and the
+# two unknown outcomes (it may or may not have happened): timeout (no reply in time) and info
+# (the connection broke after the request went out, or the client was stopped).
+COMPLETIONS = ("ok", "fail", "timeout", "info")
+UNKNOWN = ("timeout", "info")
 FAULTS = ("kill", "stop")  # nemesis ops that break something; the rest are marks
 STOPPED = "workload stopped with the operation in flight"  # an info reason, not a break
 NOT_SENT = "not sent: "  # prefix of a fail reason: the connection broke before the request
@@ -47,7 +53,7 @@ class Op:
 
     index: int
     process: str  # "client-<n>" or "nemesis"
-    type: str  # invoke | ok | fail | info
+    type: str  # invoke | ok | fail | timeout | info
     f: str  # write | read, or the nemesis's fault / mark name
     key: str | None
     value: str | None  # write: value written; read ok: value read (None for NONE); nemesis: target
@@ -90,8 +96,8 @@ class History:
     def complete(self, invoke: Op, type: str, value: str | None = None,
                  seq: int | None = None, error: str | None = None) -> Op:
         """Record the outcome of ``invoke``; a write's completion carries the written value."""
-        if type not in ("ok", "fail", "info"):
-            raise ValueError(f"completion type {type!r}: expected ok, fail or info")
+        if type not in COMPLETIONS:
+            raise ValueError(f"completion type {type!r}: expected one of {', '.join(COMPLETIONS)}")
         if invoke.f == "write":
             value = invoke.value
         return self._append(process=invoke.process, type=type, f=invoke.f, key=invoke.key,
@@ -174,7 +180,8 @@ class _Client(AgentClient):
     """An agent client that remembers whether the last request line went out whole.
 
     The agent acts only on complete lines, so a request that failed while sending was
-    certainly not applied (``fail``); one that failed afterwards may have been (``info``).
+    certainly not applied (``fail``); one that failed afterwards may have been (``timeout``,
+    ``info``).
     """
 
     sent = False
@@ -341,18 +348,19 @@ class Workload:
         except Exception as exc:  # anything else ends this connection
             timeout = isinstance(exc, TimeoutError)
             return self._lost(op, client, f"timeout after {self.op_timeout:g}s" if timeout
-                              else describe(exc))
+                              else describe(exc), "timeout" if timeout else "info")
         self._last_ok = done.time
         return True
 
-    def _lost(self, op: Op, client: _Client, reason: str) -> bool:
-        """Record ``op`` as fail (never sent whole) or info, and the connection break."""
+    def _lost(self, op: Op, client: _Client, reason: str, unknown: str = "info") -> bool:
+        """Record ``op`` as fail (never sent whole) or ``unknown`` (sent: timeout, or info
+        when the connection broke), and the connection break."""
         if self._interrupted.is_set():
             self.history.complete(op, "info", error=STOPPED)
             return False
         if not client.sent:
             reason = NOT_SENT + reason
-        done = self.history.complete(op, "info" if client.sent else "fail", error=reason)
+        done = self.history.complete(op, unknown if client.sent else "fail", error=reason)
         self.broken.append(ConnectionBreak(op.conn or 0, done.time, done.wall, reason,
                                            self._last_ok))
         return False
@@ -488,7 +496,7 @@ def _broken_connection_error(connection: dict[str, Any]) -> str:
 def _stats(pairs: list[tuple[Op, Op | None]]) -> dict[str, dict[str, int]]:
     stats: dict[str, dict[str, int]] = {}
     for invoke, done in pairs:
-        counts = stats.setdefault(invoke.f, {"ok": 0, "fail": 0, "info": 0, "pending": 0})
+        counts = stats.setdefault(invoke.f, {**dict.fromkeys(COMPLETIONS, 0), "pending": 0})
         counts[done.type if done else "pending"] += 1
     return stats
 
@@ -607,14 +615,15 @@ def _check_final(states: dict[str, _KeyState], final: Mapping[str, tuple[int, st
 
 
 def _connection(ops: list[Op], origin: float) -> dict[str, Any]:
-    """Connections used and where each broke: its first ``info`` or request not sent (or,
-    for a connection given up for a later one, its last completion)."""
+    """Connections used and where each broke: its first unknown outcome (``timeout``,
+    ``info``) or request not sent (or, for a connection given up for a later one, its last
+    completion)."""
     conns = sorted({op.conn for op in ops if op.conn is not None})
     breaks = []
     for conn in conns:
         done = [op for op in ops if op.conn == conn and op.type != "invoke"
                 and op.error != STOPPED]
-        lost = next((op for op in done if op.type == "info" or (
+        lost = next((op for op in done if op.type in UNKNOWN or (
             op.type == "fail" and (op.error or "").startswith(NOT_SENT))), None)
         if lost is None and conn != conns[-1] and done:
             lost = done[-1]

@@ -39,7 +39,7 @@ def failover_history() -> History:
             history.nemesis("failover-done", "secondary")
         op = history.invoke("client-1", "write", "k", f"w{i}", conn=1)
         clock.tick(0.4 if i == 20 else 0.01)
-        history.complete(op, "ok" if i != 21 else "info", error=None if i != 21 else "timeout")
+        history.complete(op, "ok" if i != 21 else "timeout", error=None if i != 21 else "timeout")
         clock.tick(0.05)
     return history
 

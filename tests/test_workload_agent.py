@@ -74,6 +74,7 @@ def test_workload_on_the_agent_checks_valid(boot, record_property):
                                  + result.stats["read"]["ok"]}
     assert result.stats["write"]["ok"] >= 5, result.summary()
     assert result.stats["write"]["fail"] == result.stats["write"]["info"] == 0
+    assert result.stats["write"]["timeout"] == 0
     # The survivor is the only VM: the final reads show the last acknowledged write per key.
     last = {op.key: (op.seq, op.value) for op in history if op.f == "write" and op.type == "ok"}
     assert {k: v for k, v in final.items() if v is not None} == last
@@ -103,7 +104,8 @@ def test_workload_records_qemu_killed_mid_run(boot, record_property):
     assert brk.time >= signalled, "the break predates the kill"
     assert workload.connect_errors and "ConnectionRefusedError" in workload.connect_errors[-1]
     last = history.pairs()[-1]
-    assert last[1] is not None and last[1].type in ("info", "fail") and last[1].conn == 1
+    assert last[1] is not None and last[1].type in ("info", "timeout", "fail")
+    assert last[1].conn == 1
     assert last[1].error == brk.error
 
     records = parse_disk_records(vm.disk.read_bytes())
@@ -133,7 +135,8 @@ def test_workload_records_qemu_killed_mid_run(boot, record_property):
     on_disk = {(r.seq, r.key, r.value) for r in records}
     acked = {(op.seq, op.key, op.value) for op in history
              if op.f == "write" and op.type == "ok"}
-    unknown = {(op.key, op.value) for op in history if op.f == "write" and op.type == "info"}
+    unknown = {(op.key, op.value) for op in history
+               if op.f == "write" and op.type in ("info", "timeout")}
     assert acked <= on_disk, sorted(acked - on_disk)
     assert {(k, v) for _, k, v in on_disk - acked} <= unknown
     assert [r.seq for r in records] == list(range(1, len(records) + 1))

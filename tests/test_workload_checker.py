@@ -72,8 +72,8 @@ def test_valid_history_with_fault_and_reconnect(history: History):
     assert result.connection["breaks"] == [
         {"conn": 1, "at": pytest.approx(0.2), "error": "ConnectionResetError: [Errno 104] reset"}]
     assert result.connection["first_conn_ops"] == 2
-    assert result.stats["write"] == {"ok": 2, "fail": 0, "info": 1, "pending": 0}
-    assert result.stats["read"] == {"ok": 2, "fail": 0, "info": 0, "pending": 0}
+    assert result.stats["write"] == {"ok": 2, "fail": 0, "timeout": 0, "info": 1, "pending": 0}
+    assert result.stats["read"] == {"ok": 2, "fail": 0, "timeout": 0, "info": 0, "pending": 0}
     assert [f["fault"] for f in result.downtime["around_faults"]] == ["kill primary"]
 
 
@@ -247,7 +247,7 @@ def test_connection_break_is_an_error_when_required(history: History):
     write(history, "k0", "w1", seq=1)
     history.nemesis("kill", "primary")  # at 100.3
     op = history.invoke("client-1", "write", "k0", "w2", 1)
-    history.complete(op, "info", error="timeout after 5s")  # at 100.5
+    history.complete(op, "timeout", error="timeout after 5s")  # at 100.5
     result = check(history, {"k0": (1, "w1")}, require_connection_survives=True)
     assert not result.valid
     assert result.errors == ["the long-lived connection broke at +0.200s: timeout after 5s"]
@@ -297,7 +297,7 @@ def test_operation_interrupted_by_stop_is_not_a_break(history: History):
 def test_downtime_around_faults_is_exact(history: History, clock: Clock):
     ops: list[Op] = []
     for t, action in [(10.0, "invoke"), (10.25, "ok"), (10.5, "invoke"), (10.75, "ok"),
-                      (11.0, "kill"), (11.25, "invoke"), (14.0, "info"), (14.5, "invoke"),
+                      (11.0, "kill"), (11.25, "invoke"), (14.0, "timeout"), (14.5, "invoke"),
                       (15.0, "ok"), (16.0, "failover-done"), (16.5, "invoke"), (17.0, "ok")]:
         clock.next = t
         if action == "invoke":
@@ -306,7 +306,7 @@ def test_downtime_around_faults_is_exact(history: History, clock: Clock):
             history.nemesis(action, "primary")
         else:
             history.complete(ops[-1], action,
-                             error="timeout after 2.75s" if action == "info" else None)
+                             error="timeout after 2.75s" if action == "timeout" else None)
     result = check(history, {})
     assert result.valid, result.summary()
     assert result.downtime == {
@@ -334,7 +334,7 @@ def test_jsonl_round_trip(history: History, tmp_path: Path):
     write(history, "k0", "w1", seq=1)
     history.nemesis("stop", "secondary", "heartbeat")
     op = history.invoke("client-1", "write", "k0", "w2", 1)
-    history.complete(op, "info", error="timeout after 5s")
+    history.complete(op, "timeout", error="timeout after 5s")
     path = tmp_path / "history.jsonl"
     history.to_jsonl(path)
     again = History.from_jsonl(path)
@@ -523,7 +523,7 @@ def test_workload_times_out_and_without_reconnect_ends(agent: FakeAgent):
     assert not workload._thread.is_alive()
     history = workload.stop()
     assert [b.error for b in workload.broken] == ["timeout after 0.3s"]
-    assert history.ops[-1].type == "info" and history.ops[-1].error == "timeout after 0.3s"
+    assert history.ops[-1].type == "timeout" and history.ops[-1].error == "timeout after 0.3s"
     assert check(history, final_of(agent)).valid
 
 
