@@ -189,7 +189,7 @@ def check_in_chromium(index: Path, failover: str, shot: Path) -> None:
             for feature in ("failover", "checkpoint"):
                 page.get_by_text(feature, exact=True).first.wait_for(timeout=5_000)
             page.get_by_text("failover", exact=True).first.click()
-            page.get_by_text("failover after SIGKILL", exact=True).first.click()
+            page.get_by_text("failover after SIGKILL while idle", exact=True).first.click()
             page.get_by_text("test_failover_after_kill[primary]").first.click()
             # the phases, in order
             steps = page.get_by_test_id("test-result-step-title")
