@@ -23,7 +23,8 @@ fifo=$(mktemp -u "${TMPDIR:-/tmp}/colo-kill.XXXXXX") && mkfifo -m 600 "$fifo" ||
 tail -n0 -F -- "$1" >"$fifo" 2>/dev/null & tailer=$!
 rc=1
 if timeout "$4" grep -m1 -F -- "$2" <"$fifo" >/dev/null; then
-  if kill -KILL "$3"; then date +%s.%N; rc=0; else rc=2; fi
+  at=$(date +%s.%N)  # the moment, taken before the kill: a survivor reacts within 2 ms
+  if kill -KILL "$3"; then echo "$at"; rc=0; else rc=2; fi
 fi
 kill "$tailer" 2>/dev/null
 rm -f "$fifo"
