@@ -136,8 +136,10 @@ FROZEN_NIC_REASON = (
     "buffers available and never processed), so its guest never answers the client again "
     "although it runs. Seen on 2026-11-29 in about one in six runs of "
     "test_failover_after_hang[primary] over SSH, in test_repeated_cycles[checkpointed] "
-    "and once in test_failover_after_kill[primary] on the embedded lab; cause not "
-    "identified (evidence: virtio.txt, network.txt)")
+    "and once in test_failover_after_kill[primary] on the embedded lab; in one clean-clone "
+    "CI run on 2026-11-29 in both test_failover_after_hang[primary] and "
+    "test_survivor_disk_holds_acknowledged_writes[primary]; never after the primary was "
+    "the survivor; cause not identified (evidence: virtio.txt, network.txt)")
 _QUEUE = re.compile(r"^\s+queue \d+ \S+: .*\bused=(\d+) signalled-used=(\d+)")
 
 
