@@ -648,9 +648,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
             del rep.wasxfail
         item.stash[report.FAILED_KEY] = rep.failed
         folder = getattr(item, "funcargs", {}).get("artifacts")
-        if rep.failed and never_excused(message):
-            pass  # a verdict on COLO's promise: no known issue excuses it
-        elif rep.failed and isinstance(folder, Path):
+        # A verdict on COLO's promise (never_excused) is no known issue's to explain.
+        if rep.failed and isinstance(folder, Path) and not never_excused(message):
             logs = sorted(folder.glob("*-stderr.log")) + sorted(folder.glob("*-console.log"))
             if found := explaining_message(logs):
                 message, where = found

@@ -541,34 +541,33 @@ def _check_write_order(pairs: list[tuple[Op, Op | None]],
     order, so a seq seen again from a write invoked after the first was acknowledged is the
     order check's to report.)
     """
-    acked = [(invoke, done) for invoke, done in pairs if invoke.f == "write"
+    acked = [(invoke, done, done.seq) for invoke, done in pairs if invoke.f == "write"
              and done is not None and done.type == "ok" and done.seq is not None]
     lost: list[str] = []
     by_seq: dict[int, tuple[Op, Op]] = {}
-    for invoke, done in acked:
-        assert done.seq is not None
-        other = by_seq.setdefault(done.seq, (invoke, done))
+    for invoke, done, seq in acked:
+        other = by_seq.setdefault(seq, (invoke, done))
         if other[0] is not invoke and other[1].time >= invoke.time:  # overlapping writes
-            lost.append(f"lost acknowledged write: seq {done.seq} acknowledged twice, for "
+            lost.append(f"lost acknowledged write: seq {seq} acknowledged twice, for "
                         f"{other[0].key}={other[0].value} at {rel(other[1].time)} and "
                         f"{invoke.key}={invoke.value} at {rel(done.time)}")
-    completed = sorted(acked, key=lambda pair: pair[1].time)
-    newest: tuple[Op, Op] | None = None  # the highest seq acknowledged so far
+    completed = sorted(acked, key=lambda write: write[1].time)
+    newest: tuple[Op, Op, int] | None = None  # the highest seq acknowledged so far
     reported: set[int] = set()
     index = 0
-    for invoke, done in sorted(acked, key=lambda pair: pair[0].time):
+    for invoke, _done, seq in sorted(acked, key=lambda write: write[0].time):
         while index < len(completed) and completed[index][1].time < invoke.time:
-            if newest is None or (completed[index][1].seq or 0) > (newest[1].seq or 0):
+            if newest is None or completed[index][2] > newest[2]:
                 newest = completed[index]
             index += 1
-        if newest is None or (done.seq or 0) > (newest[1].seq or 0) or newest[1].seq in reported:
+        if newest is None or seq > newest[2] or newest[2] in reported:
             continue
-        reported.add(newest[1].seq or 0)
-        gone, gone_done = newest
-        lost.append(f"lost acknowledged write: {gone.key}={gone.value} (seq {gone_done.seq}, "
+        gone, gone_done, gone_seq = newest
+        reported.add(gone_seq)
+        lost.append(f"lost acknowledged write: {gone.key}={gone.value} (seq {gone_seq}, "
                     f"ok at {rel(gone_done.time)}) forgotten by the agent's log: "
                     f"{invoke.key}={invoke.value}, invoked after it at {rel(invoke.time)}, got "
-                    f"seq {done.seq} (seq {done.seq}..{gone_done.seq} lost)")
+                    f"seq {seq} (seq {seq}..{gone_seq} lost)")
     return lost
 
 
