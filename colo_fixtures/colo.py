@@ -21,7 +21,7 @@ from colo_fixtures.disks import SecondaryDisks, make_primary_disk, make_secondar
 from colo_fixtures.hosts import Host
 from colo_fixtures.ledger import LEDGER_NAME
 from colo_fixtures.logscan import scan
-from colo_fixtures.qemu import QemuError, QemuProcess
+from colo_fixtures.qemu import QemuError, QemuProcess, stop_all
 from colo_fixtures.report import step
 from colo_fixtures.topology import HostSpec, Ports, Topology
 from colo_fixtures.trace import Checkpoint, checkpoints, colo_message, read_trace
@@ -547,9 +547,7 @@ class ColoPair:
 
     def stop(self) -> None:
         """Stop every QEMU this pair started (primary first, so nothing fails over)."""
-        for process in self.processes:
-            with contextlib.suppress(Exception):
-                process.stop(timeout=5)
+        stop_all(self.processes, timeout=5)
 
     def diagnosis(self) -> str:
         return "\n".join(process.diagnosis() for process in self.processes)

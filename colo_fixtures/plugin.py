@@ -424,29 +424,12 @@ def start_colo(request: pytest.FixtureRequest, colo_settings: Settings, qemu_bui
     yield start
 
     failed = report.test_failed(request.node)
-    findings = []
-    for colo in started:
-        try:
-            if failed:  # a failure or a pytest-timeout: how the QEMUs looked at that moment
-                with contextlib.suppress(Exception):
-                    (artifacts / "diagnosis.txt").write_text(colo.pair.diagnosis() + "\n")
-                with contextlib.suppress(Exception):
-                    (artifacts / "network.txt").write_text(colo.lab.network_state() + "\n")
-                if not (artifacts / "virtio.txt").exists():
-                    with contextlib.suppress(Exception):
-                        (artifacts / "virtio.txt").write_text(
-                            colo.pair.virtio_net_state() + "\n")
-            findings += _collect_evidence(colo, artifacts)
-        finally:
-            colo.pair.stop()
-            if colo.capture is not None:
-                with contextlib.suppress(Exception):
-                    colo.capture.stop()
-            if isinstance(colo.lab, InventoryLab):
-                colo.lab.destroy(keep_scratch=failed and s.keep_on_failure)
-            else:
-                colo.lab.destroy()
-            report.attach_run(artifacts)
+    keep = failed and s.keep_on_failure
+    findings: list[Finding] = []
+    with contextlib.ExitStack() as teardown:  # every step runs, even after an interrupt
+        teardown.callback(_remove_scratch, scratch, artifacts / LEDGER_NAME, keep)
+        for colo in reversed(started):  # the stack runs the last pushed first
+            teardown.callback(_tear_down, colo, artifacts, failed, keep, findings)
     known = [(f, k) for f in findings if (k := known_log_message(f.line)) is not None]
     if known:
         lines = [f"{finding}\n    known issue: {issue.reason}" for finding, issue in known]
@@ -455,12 +438,6 @@ def start_colo(request: pytest.FixtureRequest, colo_settings: Settings, qemu_bui
         for finding, issue in known:
             warnings.warn(f"known QEMU log message: {finding} ({issue.reason})", stacklevel=1)
     findings = [f for f in findings if known_log_message(f.line) is None]
-    for root in scratch:
-        if failed and s.keep_on_failure:
-            print(f"\ncolo: kept scratch {root} (--keep-on-failure)")
-        else:
-            shutil.rmtree(root, ignore_errors=True)
-            write_entry(artifacts / LEDGER_NAME, "removed", "dir", str(root))
     if findings and not failed:
         pytest.fail("log analyzer: " + "; ".join(map(str, findings[:5])), pytrace=False)
 
@@ -508,6 +485,48 @@ def vmft_group(colo_settings: Settings, vmft_build: VmftBuild, guest_image: Gues
                     shutil.copy2(node.dare_log, artifacts / f"{node.role}-dare.log")
             report.attach_run(artifacts)
             shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _tear_down(colo: ColoLab, artifacts: Path, failed: bool, keep: bool,
+               findings: list[Finding]) -> None:
+    """Save one COLO lab's evidence (and, on a failure, how it looked), then stop its QEMUs
+    and capture and remove its network: each of these runs even if one before it raised."""
+    try:
+        if failed:  # a failure or a pytest-timeout: how the QEMUs looked at that moment
+            with contextlib.suppress(Exception):
+                (artifacts / "diagnosis.txt").write_text(colo.pair.diagnosis() + "\n")
+            with contextlib.suppress(Exception):
+                (artifacts / "network.txt").write_text(colo.lab.network_state() + "\n")
+            if not (artifacts / "virtio.txt").exists():
+                with contextlib.suppress(Exception):
+                    (artifacts / "virtio.txt").write_text(colo.pair.virtio_net_state() + "\n")
+        findings += _collect_evidence(colo, artifacts)
+    finally:
+        with contextlib.ExitStack() as steps:  # run last pushed first
+            steps.callback(report.attach_run, artifacts)
+            if isinstance(colo.lab, InventoryLab):
+                steps.callback(colo.lab.destroy, keep_scratch=keep)
+            else:
+                steps.callback(colo.lab.destroy)
+            if colo.capture is not None:
+                steps.callback(_quietly, colo.capture.stop)
+            steps.callback(colo.pair.stop)
+
+
+def _remove_scratch(scratch: list[Path], ledger: Path, keep: bool) -> None:
+    """Remove the test's scratch directories (or say where they were kept)."""
+    for root in scratch:
+        if keep:
+            print(f"\ncolo: kept scratch {root} (--keep-on-failure)")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+            write_entry(ledger, "removed", "dir", str(root))
+
+
+def _quietly(step: Callable[[], object]) -> None:
+    """A teardown step whose failure must not hide the test's own result."""
+    with contextlib.suppress(Exception):
+        step()
 
 
 def _collect_evidence(colo: ColoLab, artifacts: Path) -> list[Finding]:

@@ -44,9 +44,19 @@ class SyncQmp:
     def __init__(self, name: str):
         self.loop = asyncio.new_event_loop()
         self.client = QMPClient(name)
+        self.interrupted: BaseException | None = None
 
     def run(self, awaitable: Any, timeout: float) -> Any:
-        return self.loop.run_until_complete(asyncio.wait_for(awaitable, timeout))
+        try:
+            return self.loop.run_until_complete(asyncio.wait_for(awaitable, timeout))
+        except (KeyboardInterrupt, SystemExit) as exc:
+            # Ctrl-C (or SIGTERM, which the plugin turns into KeyboardInterrupt) may land
+            # inside one of qemu.qmp's background tasks: that task is dead, and disconnect()
+            # raises this same exception again. close() must not let it stop a teardown, and
+            # the tasks the interrupt orphaned must not print their errors at exit.
+            self.interrupted = exc
+            self.loop.set_exception_handler(lambda loop, context: None)
+            raise
 
     def connect(self, address: Path | socket.socket, timeout: float) -> None:
         """Connect to a QMP unix socket path, or over an already connected socket (a
@@ -67,9 +77,14 @@ class SyncQmp:
         return messages
 
     def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.run(self.client.disconnect(), 5)
-        self.loop.close()
+        """Disconnect and close the loop; never raises again an interrupt already raised."""
+        try:
+            self.loop.run_until_complete(asyncio.wait_for(self.client.disconnect(), 5))
+        except BaseException as exc:
+            if not isinstance(exc, Exception) and exc is not self.interrupted:
+                raise
+        finally:
+            self.loop.close()
 
 
 @dataclass(frozen=True)
@@ -305,17 +320,24 @@ class QemuProcess:
         """``quit`` over QMP, then SIGKILL after ``timeout``; close QMP; remove the socket."""
         if self.process is None:
             return None
-        if self.alive() and self._qmp is not None:
-            with contextlib.suppress(Exception):
-                self.qmp("quit", timeout=min(timeout, 5))
         try:
-            self.process.wait(timeout=timeout)
+            if self.alive() and self._qmp is not None:
+                with contextlib.suppress(Exception):
+                    self.qmp("quit", timeout=min(timeout, 5))
+        finally:  # even when an interrupt lands in the quit, nothing stays running
+            self._end(self.process, timeout)
+        return self.process.returncode
+
+    def _end(self, process: Process, grace: float) -> None:
+        """Wait ``grace`` seconds for the exit, SIGKILL, reap, close QMP, remove the socket."""
+        try:
+            process.wait(timeout=grace)
         except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=30)
+            process.kill()
+            process.wait(timeout=30)
         if self.alive():
-            self.process.kill()
-        self.process.wait()
+            process.kill()
+        process.wait()
         self._record_gone()
         self.close_qmp()
         if self.host.is_local:
@@ -323,7 +345,6 @@ class QemuProcess:
         else:
             with contextlib.suppress(Exception):
                 self.host.run(["rm", "-f", str(self.qmp_path)], check=False)
-        return self.process.returncode
 
     def kill(self) -> None:
         """SIGKILL without ceremony and reap (a fault, or teardown of a hung process)."""
@@ -354,3 +375,16 @@ class QemuProcess:
                 f"last QMP events: {events}\n"
                 f"--- console tail ({self.console_log}):\n{tail(self.console_log, 15)}\n"
                 f"--- stderr tail ({self.stderr_log}):\n{tail(self.stderr_log, 10)}")
+
+
+def stop_all(processes: Sequence[QemuProcess], timeout: float = 10) -> None:
+    """Stop each QEMU in order. One that fails to stop does not keep the others running, and
+    neither does an interrupt: every stop runs, then the interrupt propagates."""
+
+    def stop_one(process: QemuProcess) -> None:
+        with contextlib.suppress(Exception):
+            process.stop(timeout=timeout)
+
+    with contextlib.ExitStack() as stack:
+        for process in reversed(processes):  # the stack runs the last pushed first
+            stack.callback(stop_one, process)

@@ -16,7 +16,7 @@ from pathlib import Path
 from colo_fixtures.disks import make_primary_disk, make_secondary_disks
 from colo_fixtures.hosts import Host
 from colo_fixtures.paxos import NodesConfig, PaxosReport, check_group, parse_dare_log
-from colo_fixtures.qemu import QemuError, QemuProcess
+from colo_fixtures.qemu import QemuError, QemuProcess, stop_all
 from colo_fixtures.topology import Topology
 from colo_fixtures.vmft import ROLES, VmftNode, VmftVm, colo_start_steps, paxos_node, vmft_node
 from colo_fixtures.vmft_build import VmftBuild
@@ -118,7 +118,5 @@ class VmftGroup:
             time.sleep(0.5)
 
     def stop(self) -> None:
-        """Stop every node (SIGTERM, then SIGKILL) and reap it."""
-        for process in self.processes.values():
-            if process.alive():
-                process.stop()
+        """Stop every node (quit, then SIGKILL) and reap it."""
+        stop_all(list(self.processes.values()))

@@ -10,18 +10,33 @@ import pytest
 
 from colo_fixtures.accel import choose_accel, probe_kvm
 from colo_fixtures.build import QemuBuild
-from colo_fixtures.qemu import QemuError, QemuProcess
+from colo_fixtures.qemu import QemuError, QemuProcess, stop_all
 
 QEMU = Path("/usr/bin/qemu-system-x86_64")
 pytestmark = pytest.mark.skipif(not QEMU.exists(), reason="Debian's qemu-system-x86 missing")
 
 
+def probe(tmp_path: Path, name: str = "probe") -> QemuProcess:
+    return QemuProcess(name, [str(QEMU), "-accel", "tcg", "-nodefaults", "-m", "64", "-S"],
+                       tmp_path / f"{name}-out", tmp_path / f"{name}-sock")
+
+
 @pytest.fixture
 def vm(tmp_path: Path):
-    proc = QemuProcess("probe", [str(QEMU), "-accel", "tcg", "-nodefaults", "-m", "64", "-S"],
-                       tmp_path / "out", tmp_path / "sock")
+    proc = probe(tmp_path)
     yield proc
     proc.kill()
+
+
+@pytest.fixture
+def two(tmp_path: Path):
+    procs = [probe(tmp_path, "one"), probe(tmp_path, "two")]
+    for proc in procs:
+        proc.start()
+        proc.connect(timeout=30)
+    yield procs
+    for proc in procs:
+        proc.kill()
 
 
 def test_qmp_transcript_and_events(vm: QemuProcess):
@@ -62,6 +77,41 @@ def test_stopped_qemu_makes_qmp_time_out_with_diagnosis(vm: QemuProcess):
             vm.qmp("query-status", timeout=1)
     finally:
         vm.signal(signal.SIGCONT)
+
+
+def test_an_interrupt_inside_qemu_qmp_does_not_stop_the_teardown(two: list[QemuProcess]):
+    """A SIGTERM (or Ctrl-C) can land inside qemu.qmp's writer task, as a CI run saw: the task
+    dies and qemu.qmp raises the same KeyboardInterrupt again on disconnect. Stopping must
+    still end every QEMU and remove its socket, without raising that interrupt twice."""
+    first = two[0]
+    client = first._qmp.client  # type: ignore[union-attr]
+    send = client._do_send
+
+    def interrupted(message: object) -> None:
+        client._do_send = send
+        raise KeyboardInterrupt("stopped by signal SIGTERM")
+
+    client._do_send = interrupted
+    with pytest.raises(KeyboardInterrupt):
+        first.qmp("query-status")
+    stop_all(two, timeout=2)
+    assert not any(proc.alive() for proc in two)
+    assert not any(proc.qmp_path.exists() for proc in two)
+
+
+def test_an_interrupt_during_stop_still_stops_the_others(two: list[QemuProcess]):
+    """Ctrl-C while the first QEMU is being asked to quit: it is killed anyway, the second
+    is stopped too, and only then does the interrupt reach pytest."""
+    qmp = two[0]._qmp
+
+    def interrupted(command: str, arguments: object, timeout: float) -> None:
+        raise KeyboardInterrupt("Ctrl-C")
+
+    qmp.execute = interrupted  # type: ignore[union-attr, method-assign]
+    with pytest.raises(KeyboardInterrupt, match="Ctrl-C"):
+        stop_all(two, timeout=2)
+    assert not any(proc.alive() for proc in two)
+    assert not any(proc.qmp_path.exists() for proc in two)
 
 
 def test_dead_qemu_is_reported_not_waited_for(tmp_path: Path):
