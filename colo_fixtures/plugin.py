@@ -479,12 +479,17 @@ def vmft_group(colo_settings: Settings, vmft_build: VmftBuild, guest_image: Gues
             group.wait_leader()
             yield group
         finally:
-            group.stop()
-            for node in group.nodes.values():
-                if node.dare_log.exists():
-                    shutil.copy2(node.dare_log, artifacts / f"{node.role}-dare.log")
-            report.attach_run(artifacts)
-            shutil.rmtree(run_dir, ignore_errors=True)
+            with contextlib.ExitStack() as teardown:  # every step runs, even after an interrupt
+                teardown.callback(shutil.rmtree, run_dir, ignore_errors=True)
+                teardown.callback(report.attach_run, artifacts)
+                teardown.callback(_save_dare_logs, group, artifacts)
+                teardown.callback(group.stop)
+
+
+def _save_dare_logs(group: VmftGroup, artifacts: Path) -> None:
+    for node in group.nodes.values():
+        if node.dare_log.exists():
+            shutil.copy2(node.dare_log, artifacts / f"{node.role}-dare.log")
 
 
 def _tear_down(colo: ColoLab, artifacts: Path, failed: bool, keep: bool,
