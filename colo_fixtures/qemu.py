@@ -78,7 +78,7 @@ class SyncQmp:
 
     def close(self) -> None:
         """Disconnect and close the loop; never raises again an interrupt already raised."""
-        try:
+        try:  # not self.run: it would take a fresh Ctrl-C here for an old one and swallow it
             self.loop.run_until_complete(asyncio.wait_for(self.client.disconnect(), 5))
         except BaseException as exc:
             if not isinstance(exc, Exception) and exc is not self.interrupted:
