@@ -21,10 +21,12 @@ from colo_fixtures.disks import SecondaryDisks, make_primary_disk, make_secondar
 from colo_fixtures.hosts import Host
 from colo_fixtures.ledger import LEDGER_NAME
 from colo_fixtures.logscan import scan
-from colo_fixtures.qemu import QemuError, QemuProcess, stop_all
+from colo_fixtures.qemu import QemuError, QemuProcess, QmpTimeout, stop_all
 from colo_fixtures.report import step
 from colo_fixtures.topology import HostSpec, Ports, Topology
 from colo_fixtures.trace import Checkpoint, checkpoints, colo_message, read_trace
+from colo_fixtures.verdicts import ColoNotRunning, Deadlock, HarnessError
+from colo_fixtures.waits import wait_for
 
 TRACE_PATTERNS = ("colo_*",)
 PROXY_OBJECTS = ("m0", "redire0", "redire1")
@@ -162,6 +164,8 @@ class Network(Protocol):
 
     def detach_tap(self, role: str) -> None: ...
 
+    def tap_tx_packets(self, role: str) -> int: ...
+
 
 @dataclass
 class Replica:
@@ -174,6 +178,7 @@ class Replica:
     nbd_server: bool = False  # its NBD server runs (a secondary's, for the replication)
     primary_disk: Path | None = None  # the raw disk it was started with, if born a primary
     secondary_disks: SecondaryDisks | None = None  # base/active/hidden, if born a secondary
+    tap_tx_at_takeover: int | None = None  # its tap's TX counter when it took over
 
     @property
     def name(self) -> str:
@@ -220,13 +225,13 @@ class ColoPair:
     @property
     def primary(self) -> QemuProcess:
         if self.primary_replica is None:
-            raise QemuError("no primary is running")
+            raise HarnessError("no primary is running")
         return self.primary_replica.process
 
     @property
     def secondary(self) -> QemuProcess:
         if self.secondary_replica is None:
-            raise QemuError("no secondary is running (after a failover: resume first)")
+            raise HarnessError("no secondary is running (after a failover: resume first)")
         return self.secondary_replica.process
 
     @property
@@ -329,16 +334,17 @@ class ColoPair:
 
     def wait_colo(self, timeout: float) -> None:
         """Wait until the primary reports mode primary and the secondary mode secondary."""
-        deadline = time.monotonic() + timeout
         modes: tuple[str, ...] = ("?", "?")
-        while time.monotonic() < deadline:
-            self.check_health()
+
+        def running() -> bool:
+            nonlocal modes
             modes = self.colo_modes()
-            if modes == ("primary", "secondary"):
-                return
-            time.sleep(0.05)
-        raise QemuError(f"COLO not running after {timeout:g}s: modes {modes}, primary "
-                        f"migration status {self._migration_status()}\n{self.diagnosis()}")
+            return modes == ("primary", "secondary")
+
+        wait_for("COLO running on both sides", running, timeout, health=self.check_health,
+                 seen=lambda: f"modes {modes}, primary migration status "
+                              f"{self._migration_status()}",
+                 diagnosis=self.diagnosis, verdict=ColoNotRunning, interval=0.05)
 
     def _migration_status(self) -> str:
         try:
@@ -358,39 +364,40 @@ class ColoPair:
     def check_health(self, timeout: float = 5) -> None:
         """Every running side alive, answering QMP, and its console free of fatal signs.
 
-        Raises a diagnosed QemuError otherwise: a guest panic or memory divergence is
-        reported when it happens, not when some later wait runs out.
-        """
+        Raises the typed verdict otherwise (a guest crash or memory divergence when it
+        happens, not when some later wait runs out; a QMP that stops answering is a
+        deadlock, named where the primary's trace shows it)."""
         for side in self.sides:
             side.sync_logs()
             findings = scan(side.console_log, "console")
             if findings:
-                raise QemuError(f"{side.name} guest failed: {findings[0]}\n{self.diagnosis()}")
+                raise findings[0].verdict(f"{side.name} guest failed: {findings[0]}\n"
+                                          f"{self.diagnosis()}")
             if not side.alive():
                 raise QemuError(f"{side.name} died\n{self.diagnosis()}")
             try:
-                side.qmp("query-status", timeout=timeout)
-            except QemuError:
+                side.qmp("query-status", timeout=timeout, diagnose=False)
+            except QmpTimeout:
                 self.primary.sync_logs()
                 records = read_trace(self.primary.trace_log)
                 messages = [m for m in map(colo_message, records) if m]
                 stall = describe_stall(checkpoints(records), messages[-1] if messages else None,
                                        self.vm.accel)
-                raise QemuError(f"{side.name} QMP unresponsive for {timeout:g}s: {stall}\n"
-                                f"{self.diagnosis()}") from None
+                raise Deadlock(f"{side.name} QMP unresponsive for {timeout:g}s: {stall}\n"
+                               f"{self.diagnosis()}") from None
 
     def wait_checkpoints(self, count: int, timeout: float) -> list[Checkpoint]:
-        """Wait for ``count`` completed checkpoints in total, checking health each half second."""
-        deadline = time.monotonic() + timeout
-        while True:
+        """Wait for ``count`` completed checkpoints in total, checking health meanwhile."""
+        done: list[Checkpoint] = []
+
+        def enough() -> list[Checkpoint] | None:
+            nonlocal done
             done = [c for c in self.checkpoints() if c.resumed is not None]
-            if len(done) >= count:
-                return done
-            if time.monotonic() > deadline:
-                raise QemuError(f"only {len(done)} of {count} checkpoints within {timeout:g}s\n"
-                                f"{self.diagnosis()}")
-            self.check_health()
-            time.sleep(0.5)
+            return done if len(done) >= count else None
+
+        return wait_for(f"{count} completed checkpoints", enough, timeout,
+                        health=self.check_health, seen=lambda: f"{len(done)} completed",
+                        diagnosis=self.diagnosis, interval=0.5)
 
     # ------------------------------------------------------------------ failover
 
@@ -407,7 +414,7 @@ class ColoPair:
         """
         survivor = self.secondary_replica
         if survivor is None:
-            raise QemuError("failover to the secondary: no secondary is running")
+            raise HarnessError("failover to the secondary: no secondary is running")
         process = survivor.process
         process.qmp("nbd-server-stop")
         survivor.nbd_server = False
@@ -417,6 +424,8 @@ class ColoPair:
         for chardev in ("red1", "red0"):
             process.qmp("chardev-remove", id=chardev)
         self.network.attach_tap(survivor.host.role)
+        with contextlib.suppress(Exception):  # evidence for a dead NIC, never the verdict
+            survivor.tap_tx_at_takeover = self.network.tap_tx_packets(survivor.host.role)
         process.qmp("announce-self", **ANNOUNCE)
         done = time.time()
         if self.primary_replica is not None:
@@ -440,7 +449,7 @@ class ColoPair:
         """The secondary is gone: the primary drops replication and the proxy and runs alone."""
         survivor = self.primary_replica
         if survivor is None:
-            raise QemuError("failover to the primary: no primary is running")
+            raise HarnessError("failover to the primary: no primary is running")
         process = survivor.process
         process.qmp("x-blockdev-change", parent="colo-disk0", child=self.quorum_child())
         reply = process.hmp("drive_del replication0")
@@ -458,19 +467,23 @@ class ColoPair:
     def wait_unresponsive(self, process: QemuProcess, heartbeat: float, misses: int) -> float:
         """The harness's heartbeat: QMP ``query-status`` every ``heartbeat`` seconds; return the
         wall time at which ``misses`` consecutive probes went unanswered (the peer is hung)."""
-        with step(f"heartbeat: wait until {process.name} stops answering"):
+        missed = 0
+
+        def hung() -> float | None:
+            nonlocal missed
+            try:
+                process.qmp("query-status", timeout=heartbeat, diagnose=False)
+            except QemuError:
+                missed += 1
+                return time.time() if missed >= misses else None
             missed = 0
-            deadline = time.monotonic() + self.timeout
-            while time.monotonic() < deadline:
-                try:
-                    process.qmp("query-status", timeout=heartbeat, diagnose=False)
-                    missed = 0
-                    time.sleep(heartbeat)
-                except QemuError:
-                    missed += 1
-                    if missed >= misses:
-                        return time.time()
-            raise QemuError(f"{process.name} kept answering QMP for {self.timeout:g}s: not hung")
+            time.sleep(heartbeat)
+            return None
+
+        with step(f"heartbeat: wait until {process.name} stops answering"):
+            return wait_for(f"{process.name} to stop answering QMP ({misses} heartbeats "
+                            "missed)", hung, self.timeout, verdict=HarnessError, interval=0,
+                            seen=lambda: "it kept answering: not hung")
 
     # ------------------------------------------------------------------ resume
 
@@ -482,7 +495,7 @@ class ColoPair:
         """
         survivor = self.primary_replica
         if survivor is None or self.secondary_replica is not None:
-            raise QemuError("resume needs exactly one survivor running alone")
+            raise HarnessError("resume needs exactly one survivor running alone")
         other = next(spec for role, spec in self.topo.hosts.items()
                      if role in ("primary", "secondary") and spec.role != survivor.host.role)
         self.network.detach_tap(other.role)
@@ -521,7 +534,7 @@ class ColoPair:
         for replica in (self.primary_replica, self.secondary_replica):
             if replica is not None and replica.process is process:
                 return replica
-        raise QemuError(f"{process.name} is not running in this pair")
+        raise HarnessError(f"{process.name} is not running in this pair")
 
     @contextlib.contextmanager
     def live_export(self, process: QemuProcess) -> Iterator[str]:
@@ -549,8 +562,26 @@ class ColoPair:
         """Stop every QEMU this pair started (primary first, so nothing fails over)."""
         stop_all(self.processes, timeout=5)
 
+    def tap_tx_since_takeover(self) -> int | None:
+        """Packets the serving side's tap carried toward the VM since it took over (None
+        without a takeover)."""
+        survivor = self.primary_replica
+        if survivor is None or survivor.tap_tx_at_takeover is None:
+            return None
+        return self.network.tap_tx_packets(survivor.host.role) - survivor.tap_tx_at_takeover
+
     def diagnosis(self) -> str:
         return "\n".join(process.diagnosis() for process in self.processes)
+
+    @staticmethod
+    def _guest_avail(side: QemuProcess, path: str, queue: int) -> str:
+        """`` avail=N``: the avail index the guest wrote into its ring (guest memory)."""
+        try:
+            element = side.qmp("x-query-virtio-queue-element", path=path, queue=queue,
+                               timeout=2)
+        except QemuError:  # e.g. an empty queue
+            return ""
+        return f" avail={element['avail']['idx']}"
 
     def virtio_net_state(self) -> str:
         """Each running side's virtio-net device and queues as QEMU sees them (broken flag,
@@ -578,7 +609,8 @@ class ColoPair:
                             f"  queue {queue} {name}: inuse={q.get('inuse')} "
                             f"last-avail={q.get('last-avail-idx')} "
                             f"shadow-avail={q.get('shadow-avail-idx')} "
-                            f"used={q.get('used-idx')} signalled-used={q.get('signalled-used')}")
+                            f"used={q.get('used-idx')} signalled-used={q.get('signalled-used')}"
+                            f"{self._guest_avail(side, path, queue)}")
             except QemuError as exc:
                 lines.append(f"{side.name}: virtio state unavailable: "
                              f"{str(exc).splitlines()[0]}")

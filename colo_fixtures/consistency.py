@@ -14,6 +14,7 @@ from colo_fixtures.guest import KvRecord, disk_store, parse_disk_records
 from colo_fixtures.hosts import LocalHost
 from colo_fixtures.qemu import QemuProcess
 from colo_fixtures.report import step
+from colo_fixtures.verdicts import DiskDivergence
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,12 @@ class ReplicaComparison:
     checkpoints_in_window: int
     window_s: float
     store: dict[str, KvRecord]
+
+    def require_identical(self, what: str = "replicas") -> None:
+        """Raise DiskDivergence naming the first differing offsets, if the disks differ."""
+        if not self.identical:
+            raise DiskDivergence(f"{what} differ at {self.mismatching_offsets}: "
+                                 f"{self.qemu_img_compare}")
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)

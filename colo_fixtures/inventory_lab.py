@@ -31,6 +31,7 @@ from colo_fixtures.hosts.ssh import SshHost
 from colo_fixtures.inventory import Inventory
 from colo_fixtures.ledger import write_entry
 from colo_fixtures.topology import HostSpec, Topology
+from colo_fixtures.verdicts import LabError, Unreachable
 
 VM_ROLES = ("primary", "secondary")
 TOOLS = {"qemu-img": "qemu-utils", "ip": "iproute2", "tc": "iproute2", "socat": "socat",
@@ -39,7 +40,10 @@ FIRMWARE_PACKAGES = "qemu-system-data seabios ipxe-qemu"
 PASSPHRASE_ENV = "COLO_SSH_KEY_PASSPHRASE"  # never a knob: knobs end up in reports
 
 
-class InventoryLabError(RuntimeError):
+CLOCK_LIMIT_S = 0.002  # the largest clock offset a lab host may have: figures are ~10 ms
+
+
+class InventoryLabError(LabError):
     """A lab host is not usable; the message names the host and the fix."""
 
 
@@ -71,9 +75,29 @@ class LabHosts:
     hosts: dict[str, Host]
     staged: dict[Path, Path] = field(default_factory=dict)  # local file -> path on the hosts
 
+    clock_offsets: dict[str, tuple[float, float]] = field(default_factory=dict)
+
     @property
     def vm_hosts(self) -> list[Host]:
         return [self.hosts[role] for role in VM_ROLES]
+
+    def check_clocks(self, limit: float = CLOCK_LIMIT_S) -> None:
+        """Measure each remote host's clock against this machine's and refuse a lab whose
+        offset may exceed ``limit``: the harness compares times taken on different hosts
+        (a kill's moment on the victim, COLO_EXIT on the survivor, the client's operations
+        here), and the figures it reports are tens of milliseconds."""
+        problems = []
+        for role, host in self.hosts.items():
+            if not isinstance(host, SshHost):
+                continue
+            offset, rtt = self.clock_offsets[role] = host.clock_offset()
+            if abs(offset) - rtt / 2 > limit:
+                problems.append(f"{host.name}: clock {offset * 1000:+.1f} ms off this "
+                                f"machine's (round trip {rtt * 1000:.1f} ms)")
+        if problems:
+            raise InventoryLabError(
+                "; ".join(problems) + f": synchronise the lab's clocks (chrony or PTP) to "
+                f"within {limit * 1000:g} ms; failover figures compare times across hosts")
 
     def check(self, firmware_dirs: Iterable[str]) -> None:
         """Every host answers over SSH; the VM hosts have the tools, the firmware, and a
@@ -101,6 +125,10 @@ class LabHosts:
                 host.make_dir(self.inventory.scratch)
             except CommandError as exc:
                 problems.append(f"{exc} (lab.scratch in {self.inventory.path})")
+                continue
+            if host.run(["test", "-w", str(self.inventory.scratch)], check=False).rc != 0:
+                problems.append(f"{host.name}: {self.inventory.scratch} is not writable "
+                                f"(lab.scratch in {self.inventory.path})")
         if problems:
             raise InventoryLabError("; ".join(problems))
 
@@ -226,6 +254,13 @@ class InventoryLab:
     def detach_tap(self, role: str) -> None:
         self.networks[role].detach_tap()
 
+    def tap_tx_packets(self, role: str) -> int:
+        """Packets (sent and dropped) the VM's tap on that host carried toward the VM."""
+        result = self.hosts[role].run(["ip", "-j", "-s", "link", "show", "dev",
+                                       str(self._spec(role).tap)])
+        tx = json.loads(result.stdout)[0]["stats64"]["tx"]
+        return int(tx["packets"]) + int(tx["dropped"])
+
     def ifb_stats(self) -> dict[str, int]:
         """Counters of the primary's redirection: ifb0 rx/tx and tap0 rx."""
         spec = self._spec("primary")
@@ -275,7 +310,7 @@ def connect_retrying(open_socket: Callable[[float], socket.socket], what: str,
             continue
         sock.settimeout(None)
         return sock
-    raise TimeoutError(f"cannot connect from {what} within {timeout:g}s: last error {last}")
+    raise Unreachable(f"cannot connect from {what} within {timeout:g}s: last error {last}")
 
 
 REMOTE_KINDS = ("ssh-process", "ssh-dir", "ssh-network")  # in the order they are cleaned

@@ -1,6 +1,6 @@
 """Log analyzer: known-bad patterns in serial consoles and QEMU stderr fail the test.
 
-Patterns are data: each has a name (the failure category), the logs it applies to and
+Patterns are data: each has a name, the verdict type it proves, the logs it applies to and
 a regular expression. ``scan`` returns findings with the file, line number and text.
 """
 
@@ -11,24 +11,37 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from colo_fixtures.verdicts import (
+    ColoViolation,
+    GuestCrash,
+    MemoryDivergence,
+    MiscompareStorm,
+    QemuLogError,
+    Verdict,
+)
+
 
 @dataclass(frozen=True)
 class Pattern:
     name: str
     kind: str  # "console" or "stderr"
     regex: re.Pattern[str]
+    verdict: type[Verdict]
 
 
 PATTERNS: tuple[Pattern, ...] = (
-    Pattern("guest kernel panic", "console", re.compile(r"Kernel panic")),
-    Pattern("guest kernel BUG", "console", re.compile(r"\bBUG: |kernel BUG at")),
-    Pattern("guest general protection fault", "console", re.compile(r"general protection")),
-    Pattern("guest oops", "console", re.compile(r"\bOops\b|Call Trace:|segfault at")),
-    Pattern("guest memory divergence", "console", re.compile(r"MEMCHECK FAIL")),
-    Pattern("guest agent died", "console", re.compile(r"colo-agent: exited")),
+    Pattern("guest kernel panic", "console", re.compile(r"Kernel panic"), GuestCrash),
+    Pattern("guest kernel BUG", "console", re.compile(r"\bBUG: |kernel BUG at"), GuestCrash),
+    Pattern("guest general protection fault", "console", re.compile(r"general protection"),
+            GuestCrash),
+    Pattern("guest oops", "console", re.compile(r"\bOops\b|Call Trace:|segfault at"),
+            GuestCrash),
+    Pattern("guest memory divergence", "console", re.compile(r"MEMCHECK FAIL"),
+            MemoryDivergence),
+    Pattern("guest agent died", "console", re.compile(r"colo-agent: exited"), GuestCrash),
     Pattern("QEMU error", "stderr", re.compile(
         r"qemu-system-\w+: (?!.*(?:warning|terminating on signal))|Assertion .* failed|"
-        r"Segmentation fault|core dumped")),
+        r"Segmentation fault|core dumped"), QemuLogError),
 )
 
 
@@ -80,9 +93,17 @@ class Finding:
     path: Path
     line_number: int
     line: str
+    verdict: type[Verdict] = QemuLogError
 
     def __str__(self) -> str:
         return f"{self.pattern}: {self.path.name}:{self.line_number}: {self.line.strip()[:200]}"
+
+
+def verdict_of(findings: list[Finding]) -> Verdict:
+    """The verdict findings prove: that of the first COLO violation among them, else of the
+    first; its message lists up to five findings, violations first."""
+    ordered = sorted(findings, key=lambda f: not issubclass(f.verdict, ColoViolation))
+    return ordered[0].verdict("log analyzer: " + "; ".join(map(str, ordered[:5])))
 
 
 def _after_fault(line: str, start: int, fault_at: float | None,
@@ -123,7 +144,7 @@ def scan(path: Path, kind: str, allow: tuple[str, ...] = (),
             continue
         for pattern in PATTERNS:
             if pattern.kind == kind and pattern.regex.search(line):
-                findings.append(Finding(pattern.name, path, number, line))
+                findings.append(Finding(pattern.name, path, number, line, pattern.verdict))
                 break
     return findings
 
@@ -148,4 +169,5 @@ def miscompare_storm(path: Path, limit: int = MISCOMPARE_STORM) -> Finding | Non
         return None
     number, first = hits[0]
     return Finding("colo-compare miscompare storm", path, number,
-                   f"{len(hits)} miscompares (limit {limit}), the first: {first}")
+                   f"{len(hits)} miscompares (limit {limit}), the first: {first}",
+                   MiscompareStorm)

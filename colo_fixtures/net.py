@@ -38,6 +38,7 @@ from pyroute2 import netns as pr_netns
 from pyroute2.netlink.exceptions import NetlinkError
 
 from colo_fixtures.topology import HostSpec, Topology
+from colo_fixtures.verdicts import LabError, Unreachable
 
 NETNS_DIR = Path("/run/netns")
 INGRESS = 0xFFFF0000  # "ffff:", the ingress qdisc's handle and its filters' parent
@@ -59,8 +60,7 @@ _KIND_HINTS = {
 T = TypeVar("T")
 
 
-class LabError(RuntimeError):
-    """The lab could not be built, used or removed; the message is one line."""
+__all__ = ["LabError", "LocalLab", "Unreachable", "connect_in_ns"]
 
 
 # ---------------------------------------------------------------- namespaces and sockets
@@ -127,7 +127,7 @@ def connect_in_ns(netns: str, host: str, port: int, timeout: float) -> socket.so
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise LabError(
+            raise Unreachable(
                 f"cannot connect from namespace {netns} to {host}:{port} "
                 f"within {timeout:g}s: last error {last}"
             )
@@ -665,6 +665,12 @@ class LocalLab:
             except Exception as exc:  # evidence is best effort
                 lines.append(f"(unavailable: {exc})")
         return "\n".join(lines)
+
+    def tap_tx_packets(self, role: str) -> int:
+        """Packets (sent and dropped) the VM's tap on that host carried toward the VM."""
+        host = self.topo.host(role)
+        stats = self.link_stats(role, _need(host.tap, host, "tap"))
+        return stats.get("tx_packets", 0) + stats.get("tx_dropped", 0)
 
     def link_stats(self, role: str, ifname: str) -> dict[str, int]:
         """The kernel's 64-bit counters (rx_packets, tx_bytes, ...) of ``ifname`` on that host."""

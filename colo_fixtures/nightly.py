@@ -27,12 +27,21 @@ from pathlib import Path
 from typing import Any
 
 from colo_fixtures.allure_html import Report, ReportError, generate
-from colo_fixtures.categories import categorise
+from colo_fixtures.categories import categorise, exception_message
 from colo_fixtures.metrics import METRICS_NAME, RUN_PLOT, Regression, regressions
+from colo_fixtures.verdicts import MetricsRegression
 
 RUN_NAME = re.compile(r"^\d{4}-\d\d-\d\dT\d{6}$")
 REGRESSION_STORY = "no figure got slower than the night before"
-EXIT_OK, EXIT_TESTS_FAILED, EXIT_REGRESSION = 0, 1, 3  # 2: tools/nightly's usage errors
+# tools/nightly's exit codes: what happened, each its own number and summary word.
+EXIT_OK, EXIT_TESTS_FAILED, EXIT_USAGE, EXIT_REGRESSION = 0, 1, 2, 3
+EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_NO_TESTS = 4, 5, 6
+VERDICTS = {EXIT_OK: "PASSED", EXIT_TESTS_FAILED: "FAILED", EXIT_USAGE: "SET-UP/USAGE ERROR",
+            EXIT_REGRESSION: "REGRESSION", EXIT_INTERNAL: "INTERNAL ERROR",
+            EXIT_INTERRUPTED: "INTERRUPTED", EXIT_NO_TESTS: "NO TESTS RAN"}
+# pytest's own exit codes (pytest.ExitCode) → ours
+FROM_PYTEST = {1: EXIT_TESTS_FAILED, 2: EXIT_INTERRUPTED, 3: EXIT_INTERNAL, 4: EXIT_USAGE,
+               5: EXIT_NO_TESTS}
 
 
 @dataclass
@@ -53,8 +62,12 @@ class Night:
 
     @property
     def exit_code(self) -> int:
-        if self.pytest_rc != 0 or self.report is None:
-            return self.pytest_rc or EXIT_TESTS_FAILED
+        """pytest's outcome first (an internal error is never called a regression); a run
+        that passed but made no report is an internal error; then the metrics."""
+        if self.pytest_rc != 0:
+            return FROM_PYTEST.get(self.pytest_rc, EXIT_INTERNAL)
+        if self.report is None:
+            return EXIT_INTERNAL
         return EXIT_REGRESSION if self.regressions else EXIT_OK
 
 
@@ -109,8 +122,9 @@ def regression_result(results: Path, night: Night, threshold: float) -> None:
             copy = f"{uuid.uuid4()}-attachment{source.suffix}"
             shutil.copyfile(source, results / copy)
             attachments.append({"name": name, "source": copy, "type": kind})
-    message = ("metrics regression: " + "; ".join(map(str, night.regressions))
-               if night.regressions else None)
+    message = (exception_message(MetricsRegression(
+        "metrics regression: " + "; ".join(map(str, night.regressions))))
+        if night.regressions else None)
     result = {
         "uuid": str(uuid.uuid4()), "historyId": "colo-nightly-metrics-regression",
         "testCaseId": "colo-nightly-metrics-regression",
@@ -190,7 +204,7 @@ def run_night(root: Path, pytest: list[str], *, threshold: float, keep: int,
 
 def summary(night: Night, width: int = 100) -> str:
     """One screen: verdict, counts, failures by category, figures vs the night before."""
-    verdict = {EXIT_OK: "PASSED", EXIT_REGRESSION: "REGRESSION"}.get(night.exit_code, "FAILED")
+    verdict = VERDICTS[night.exit_code]
     lines = [f"COLO nightly {night.run.name}: {verdict} (pytest exit {night.pytest_rc}, "
              f"{night.seconds:.0f} s)"]
     if night.report is not None:

@@ -28,7 +28,7 @@ from colo_fixtures.accel import choose_accel
 from colo_fixtures.build import BuildError, QemuBuild, probe_capabilities, provide_qemu
 from colo_fixtures.cache import CacheError
 from colo_fixtures.capture import Capture
-from colo_fixtures.categories import never_excused, write_categories
+from colo_fixtures.categories import write_categories
 from colo_fixtures.colo import ColoPair, VmConfig
 from colo_fixtures.disks import scratch_root
 from colo_fixtures.faults import Faults
@@ -49,28 +49,22 @@ from colo_fixtures.inventory_lab import (
     LabHosts,
     ssh_hosts,
 )
-from colo_fixtures.known_issues import (
-    FROZEN_NIC_REASON,
-    explaining_message,
-    frozen_nic,
-    known_log_message,
-    mark_known_issues,
-    unexcused,
-)
+from colo_fixtures.known_issues import KNOWN_ISSUES, Evidence, explaining_line
 from colo_fixtures.ledger import LEDGER_NAME, run_alive, write_entry
 from colo_fixtures.ledger import clean as clean_ledger_file
-from colo_fixtures.logscan import Finding, miscompare_storm, scan
+from colo_fixtures.logscan import Finding, miscompare_storm, scan, verdict_of
 from colo_fixtures.metrics import write_run
 from colo_fixtures.net import LocalLab, read_ledger
 from colo_fixtures.plots import checkpoint_timeline, client_latency, pause_histogram
 from colo_fixtures.preflight import Preflight, run_preflight
-from colo_fixtures.qemu import QemuError
 from colo_fixtures.settings import KNOBS, Settings, SettingsError, load_settings
 from colo_fixtures.topology import Topology, inventory_topology, local_topology
 from colo_fixtures.trace import checkpoints, read_trace
+from colo_fixtures.verdicts import ClientTimeout, Unreachable, never_excused
 from colo_fixtures.vmft import VmftVm
 from colo_fixtures.vmft_build import VmftBuild, build_vmft
 from colo_fixtures.vmft_group import VmftGroup
+from colo_fixtures.waits import wait_for
 from colo_fixtures.workload import History, Workload
 
 MARKERS = {
@@ -117,6 +111,9 @@ def pytest_configure(config: pytest.Config) -> None:
     except SettingsError as exc:
         raise pytest.UsageError(str(exc)) from None
     settings = config.stash[SETTINGS_KEY]
+    if not hasattr(config, "workerinput"):  # xdist: the controller counts every report
+        config.pluginmanager.register(KnownIssueCount(settings.report_dir),
+                                      "colo-known-issues")
     if settings.inventory is not None:
         try:
             inventory = load_inventory(settings.inventory)
@@ -203,13 +200,17 @@ def lab_hosts(pytestconfig: pytest.Config, colo_settings: Settings, qemu_build: 
                                                 os.environ.get(PASSPHRASE_ENV)))
     try:
         hosts.check(qemu_build.firmware_args()[1::2])
+        hosts.check_clocks()
         hosts.stage([qemu_build.binary, guest_image.kernel, guest_image.initrd])
         hosts.check_qemu(hosts.staged[qemu_build.binary])
     except (InventoryLabError, CommandError) as exc:
         hosts.close()
         pytest.fail(f"inventory {inventory.path}: {exc}", pytrace=False)
     report.environment(lab_profile="inventory", lab_inventory=inventory.path,
-                       lab_hosts=", ".join(h.name for h in hosts.hosts.values()))
+                       lab_hosts=", ".join(h.name for h in hosts.hosts.values()),
+                       lab_clock_offsets_ms=", ".join(
+                           f"{role} {offset * 1000:+.2f} (rtt {rtt * 1000:.2f})"
+                           for role, (offset, rtt) in sorted(hosts.clock_offsets.items())))
     try:
         yield hosts
     finally:
@@ -293,8 +294,13 @@ class ColoLab:
         self.log_sizes_at_fault = sizes
 
     def connect(self, timeout: float | None = None) -> socket.socket:
-        """A TCP connection to the guest agent from the client host."""
-        return self.lab.connect(self.topology.vm_addr, AGENT_PORT, timeout or self.timeout)
+        """A TCP connection to the guest agent from the client host; ClientTimeout when the
+        VM takes none (after a health check: a crashed guest is named as such)."""
+        try:
+            return self.lab.connect(self.topology.vm_addr, AGENT_PORT, timeout or self.timeout)
+        except Unreachable as exc:
+            self.pair.check_health()
+            raise ClientTimeout(f"the guest agent took no connection: {exc}") from exc
 
     def agent(self, timeout: float | None = None) -> AgentClient:
         """A new agent client from the client namespace (closed at teardown)."""
@@ -304,7 +310,8 @@ class ColoLab:
 
     def workload(self, **options: Any) -> Workload:
         """Start a client workload recording into this lab's history (stopped at teardown)."""
-        workload = Workload(lambda: self.connect(5.0), self.history, **options)
+        workload = Workload(lambda: self.connect(5.0), self.history,
+                            health=self.pair.check_health, **options)
         self.workloads.append(workload)
         workload.start()
         return workload
@@ -329,12 +336,10 @@ class ColoLab:
         deadline = time.monotonic() + limit
         for side, sign in zip(self.pair.sides, ("colo-agent: ready", "colo-agent: hb="),
                               strict=True):
-            while not side.console_has(sign):
-                self.pair.check_health()
-                if time.monotonic() > deadline:
-                    raise QemuError(f"{side.name}: console did not show {sign!r} within "
-                                    f"{limit:g}s\n{self.pair.diagnosis()}")
-                time.sleep(0.5)
+            wait_for(f"{side.name}: console showing {sign!r}",
+                     lambda side=side, sign=sign: side.console_has(sign),
+                     max(0.0, deadline - time.monotonic()), health=self.pair.check_health,
+                     diagnosis=self.pair.diagnosis, interval=0.5)
         self.agent(limit).ping()
 
     def write_metrics(self, name: str, metrics: dict[str, Any]) -> Path:
@@ -430,16 +435,18 @@ def start_colo(request: pytest.FixtureRequest, colo_settings: Settings, qemu_bui
         teardown.callback(_remove_scratch, scratch, artifacts / LEDGER_NAME, keep)
         for colo in reversed(started):  # the stack runs the last pushed first
             teardown.callback(_tear_down, colo, artifacts, failed, keep, findings)
-    known = [(f, k) for f in findings if (k := known_log_message(f.line)) is not None]
+    known = [(f, k) for f in findings if (k := explaining_line(f.line)) is not None]
     if known:
-        lines = [f"{finding}\n    known issue: {issue.reason}" for finding, issue in known]
-        (artifacts / "known-log-messages.txt").write_text("\n".join(lines) + "\n")
-        report.attach_file(artifacts / "known-log-messages.txt")
+        lines = [f"{finding}\n    known issue {issue.name}: {issue.reason}"
+                 for finding, issue in known]
+        (artifacts / "known-log-lines.txt").write_text("\n".join(lines) + "\n")
+        report.attach_file(artifacts / "known-log-lines.txt")
         for finding, issue in known:
-            warnings.warn(f"known QEMU log message: {finding} ({issue.reason})", stacklevel=1)
-    findings = [f for f in findings if known_log_message(f.line) is None]
-    if findings and not failed:
-        pytest.fail("log analyzer: " + "; ".join(map(str, findings[:5])), pytrace=False)
+            request.node.user_properties.append((KNOWN_LINE_PROPERTY, issue.name))
+            warnings.warn(f"known QEMU log line ({issue.name}): {finding}", stacklevel=1)
+    findings = [f for f in findings if explaining_line(f.line) is None]
+    if findings:  # also after a failed call: the analyzer's verdict is always reported
+        raise verdict_of(findings)
 
 
 @pytest.fixture(scope="session")
@@ -470,8 +477,10 @@ def vmft_group(colo_settings: Settings, vmft_build: VmftBuild, guest_image: Gues
     vm = VmftVm(image=Path("/dev/null"), memory_mib=s.guest_memory, mac=topo.vm_mac,
                 accel=accel, kernel=guest_image.kernel, initrd=guest_image.initrd,
                 append=kernel_cmdline(f"{topo.vm_addr}/24", AGENT_PORT))
-    with LocalLab(topo, ledger=artifacts / LEDGER_NAME):
+    ledger = artifacts / LEDGER_NAME
+    with LocalLab(topo, ledger=ledger):
         run_dir = Path(tempfile.mkdtemp(prefix=f"vmft-{topo.run_tag}-", dir=scratch_root()))
+        write_entry(ledger, "created", "dir", str(run_dir))
         hosts = namespace_hosts(topo)
         group = VmftGroup(vmft_build, vm, topo, hosts, run_dir, artifacts, s.wait_timeout)
         try:
@@ -480,7 +489,7 @@ def vmft_group(colo_settings: Settings, vmft_build: VmftBuild, guest_image: Gues
             yield group
         finally:
             with contextlib.ExitStack() as teardown:  # every step runs, even after an interrupt
-                teardown.callback(shutil.rmtree, run_dir, ignore_errors=True)
+                teardown.callback(_remove_scratch, [run_dir], ledger, False)
                 teardown.callback(report.attach_run, artifacts)
                 teardown.callback(_save_dare_logs, group, artifacts)
                 teardown.callback(group.stop)
@@ -586,10 +595,6 @@ def colo(start_colo: Callable[..., ColoLab], colo_settings: Settings) -> ColoLab
     return lab
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    mark_known_issues(items)
-
-
 PREFLIGHT_KEY = pytest.StashKey[Preflight]()
 PREFLIGHT_MARKERS = ("rdma", "paxos")
 
@@ -654,45 +659,114 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
             print(f"\ncolo: run metrics in {path}")
 
 
-@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+KNOWN_ISSUE_PROPERTY = "colo_known_issue"  # user property: the issue that excused a failure
+KNOWN_LINE_PROPERTY = "colo_known_log_line"  # user property: a known line the analyzer met
+
+
+@pytest.hookimpl(hookwrapper=True, trylast=True)  # innermost: Allure sees the verdict
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
-    """Known issues excuse only their own symptom: a correctness verdict (a lost write, a
-    guest crash, ...) or another failure of a known-issue test stays a failure; a failure
-    explained by a known QEMU log line or the frozen-NIC state becomes an xfail naming it."""
+    """Known issues excuse only the call phase of a test they cover, only the failure types
+    they name, and only with their evidence on the survivor; a COLO violation, a setup or
+    teardown error, or any other failure stays a failure. ``--runxfail`` excuses nothing."""
     outcome = yield
     rep = outcome.get_result()
-    if rep.when == "setup" and rep.failed:  # e.g. COLO never started: the teardown diagnoses
+    if rep.failed:  # a failure or a pytest-timeout: the teardown keeps the evidence
         item.stash[report.FAILED_KEY] = True
-    if rep.when == "call":
-        message = str(call.excinfo.value) if call.excinfo is not None else ""
-        if getattr(rep, "wasxfail", None) and call.excinfo is not None and (
-                why := unexcused(item.nodeid, message)):
+    if rep.when != "call" or item.config.option.runxfail:
+        return
+    issues = [issue for issue in KNOWN_ISSUES if issue.covers(item.nodeid)]
+    if rep.passed:
+        strict = [issue.name for issue in issues if issue.strict]
+        if strict:
             rep.outcome = "failed"
-            rep.sections.append(("known issue", f"{why}: {rep.wasxfail}"))
-            del rep.wasxfail
-        item.stash[report.FAILED_KEY] = rep.failed
-        folder = getattr(item, "funcargs", {}).get("artifacts")
-        # A verdict on COLO's promise (never_excused) is no known issue's to explain.
-        if rep.failed and isinstance(folder, Path) and not never_excused(message):
-            logs = sorted(folder.glob("*-stderr.log")) + sorted(folder.glob("*-console.log"))
-            if found := explaining_message(logs):
-                message, where = found
-                rep.outcome = "skipped"
-                rep.wasxfail = f"known issue ({where}): {message.reason}"
-            elif side := _frozen_nic(item, folder):
-                rep.outcome = "skipped"
-                rep.wasxfail = f"known issue (virtio.txt: {side}): {FROZEN_NIC_REASON}"
+            rep.longrepr = (f"[XPASS(strict)] known issue {', '.join(strict)} no longer "
+                            "happens: remove it from colo_fixtures/known_issues.py")
+        return
+    if not rep.failed or call.excinfo is None:
+        return
+    folder = getattr(item, "funcargs", {}).get("artifacts")
+    evidence = _evidence_once(item, folder if isinstance(folder, Path) else None)
+    exc = call.excinfo.value
+    if never_excused(exc):
+        if issues:
+            rep.sections.append(("known issue", f"{type(exc).__name__} is a COLO violation: "
+                                 "no known issue excuses it"))
+        return
+    why_not = []
+    for issue in issues:
+        where, why = issue.excuse(item.nodeid, exc, evidence)
+        if where is not None:
+            rep.outcome = "skipped"
+            rep.wasxfail = f"known issue {issue.name} ({where}): {issue.reason}"
+            rep.user_properties.append((KNOWN_ISSUE_PROPERTY, issue.name))
+            return
+        why_not.append(why)
+    if why_not:
+        rep.sections.append(("known issue", "not excused: " + "; ".join(why_not)))
 
 
-def _frozen_nic(item: pytest.Item, folder: Path) -> str | None:
-    """At a failure, while the QEMUs still run: each NIC's virtio queues into virtio.txt,
-    and the side whose NIC shows the known freeze, if one does."""
-    state = []
-    for colo in item.stash.get(STARTED_KEY, []):
+def _evidence_once(item: pytest.Item, folder: Path | None) -> Callable[[], Evidence]:
+    """Gather the failed test's evidence on first use, while its QEMUs still run; each
+    NIC's virtio queues go into virtio.txt."""
+    cache: list[Evidence] = []
+
+    def gather() -> Evidence:
+        if not cache:
+            cache.append(_gather_evidence(item, folder))
+        return cache[0]
+
+    return gather
+
+
+def _gather_evidence(item: pytest.Item, folder: Path | None) -> Evidence:
+    labs = item.stash.get(STARTED_KEY, [])
+    if not labs:
+        return Evidence()
+    pair = labs[-1].pair
+    serving = pair.primary_replica  # after a takeover, the secondary that took over
+    survivor = serving.name if serving and serving.tap_tx_at_takeover is not None else None
+    virtio = ""
+    with contextlib.suppress(Exception):
+        virtio = pair.virtio_net_state()
+    if folder is not None and virtio:
+        (folder / "virtio.txt").write_text(virtio + "\n")
+    tap = None
+    with contextlib.suppress(Exception):
+        tap = pair.tap_tx_since_takeover()
+    logs = {process.name: [process.stderr_log, process.console_log]
+            for process in pair.processes}
+    for process in pair.processes:
         with contextlib.suppress(Exception):
-            state.append(colo.pair.virtio_net_state())
-    if not state:
-        return None
-    text = "\n".join(state)
-    (folder / "virtio.txt").write_text(text + "\n")
-    return frozen_nic(text)
+            process.sync_logs()
+    return Evidence(survivor=survivor, logs=logs, virtio=virtio, tap_tx_since_failover=tap)
+
+
+class KnownIssueCount:
+    """How often each known issue excused a failure, and in how many tests (passed or not)
+    the analyzer met a known log line: printed at the end and written to the report dir."""
+
+    def __init__(self, report_dir: Path) -> None:
+        self.report_dir = report_dir
+        self.excused: dict[str, list[str]] = {}
+        self.lines: dict[str, list[str]] = {}
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        for name, value in report.user_properties:
+            target = {KNOWN_ISSUE_PROPERTY: self.excused, KNOWN_LINE_PROPERTY: self.lines}.get(
+                name)
+            if target is not None and report.nodeid not in target.setdefault(str(value), []):
+                target[str(value)].append(report.nodeid)
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if not (self.excused or self.lines):
+            return
+        terminalreporter.section("COLO known issues")
+        for name, tests in sorted(self.excused.items()):
+            terminalreporter.line(f"{name}: excused {len(tests)} failure(s): {', '.join(tests)}")
+        for name, tests in sorted(self.lines.items()):
+            terminalreporter.line(f"{name}: its log line seen in {len(tests)} test(s): "
+                                  f"{', '.join(tests)}")
+        with contextlib.suppress(OSError):
+            self.report_dir.mkdir(parents=True, exist_ok=True)
+            (self.report_dir / "known-issues.json").write_text(json.dumps(
+                {"excused": self.excused, "log_lines_seen": self.lines}, indent=2) + "\n")

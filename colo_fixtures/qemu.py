@@ -23,10 +23,10 @@ from qemu.qmp import ExecuteError, QMPClient
 
 from colo_fixtures.hosts import Host, LocalHost, Process
 from colo_fixtures.ledger import write_entry
+from colo_fixtures.verdicts import HarnessError, QemuError, QmpTimeout
+from colo_fixtures.waits import wait_for
 
-
-class QemuError(RuntimeError):
-    """A QEMU failed, did not answer, or a wait on it timed out (the message diagnoses it)."""
+__all__ = ["QemuError", "QemuProcess", "QmpEvent", "QmpTimeout", "SyncQmp", "stop_all", "tail"]
 
 
 def tail(path: Path, lines: int = 20) -> str:
@@ -164,7 +164,7 @@ class QemuProcess:
     @property
     def pid(self) -> int:
         if self.process is None:
-            raise QemuError(f"{self.name}: not started")
+            raise HarnessError(f"{self.name}: not started")
         return self.process.pid
 
     def full_argv(self) -> list[str]:
@@ -202,23 +202,26 @@ class QemuProcess:
 
     def connect(self, timeout: float) -> None:
         """Connect QMP, waiting up to ``timeout`` for the socket; diagnose a dead process."""
-        deadline = time.monotonic() + timeout
-        last_error: Exception | None = None
-        while time.monotonic() < deadline:
+        errors: list[Exception] = []
+
+        def connected() -> bool:
             if not self.alive():
                 raise QemuError(f"{self.name} exited before QMP answered\n{self.diagnosis()}")
-            if self.host.exists(self.qmp_path):
-                qmp = SyncQmp(self.name)
-                try:
-                    qmp.connect(self.host.connect_unix(self.qmp_path), timeout=5)
-                    self._qmp = qmp
-                    return
-                except Exception as exc:  # connection refused while QEMU starts up
-                    last_error = exc
-                    qmp.close()
-            time.sleep(0.1)
-        raise QemuError(f"{self.name}: QMP at {self.qmp_path} did not answer within {timeout:.0f}s"
-                        f" (last error: {last_error})\n{self.diagnosis()}")
+            if not self.host.exists(self.qmp_path):
+                return False
+            qmp = SyncQmp(self.name)
+            try:
+                qmp.connect(self.host.connect_unix(self.qmp_path), timeout=5)
+            except Exception as exc:  # connection refused while QEMU starts up
+                errors.append(exc)
+                qmp.close()
+                return False
+            self._qmp = qmp
+            return True
+
+        wait_for(f"{self.name}: QMP at {self.qmp_path} answering", connected, timeout,
+                 seen=lambda: f"last error: {errors[-1] if errors else None}",
+                 diagnosis=self.diagnosis)
 
     def _log(self, record: dict[str, Any]) -> None:
         with self.transcript.open("a") as out:
@@ -230,10 +233,11 @@ class QemuProcess:
         (a timeout's message carries the diagnosis unless ``diagnose`` is False: a heartbeat
         probe must not spend time gathering logs)."""
         if self._qmp is None:
-            raise QemuError(f"{self.name}: QMP not connected")
+            raise HarnessError(f"{self.name}: QMP not connected")
         started = time.time()
         record: dict[str, Any] = {"t": started, "execute": command, "arguments": arguments}
         failure: str | None = None
+        error: type[QemuError] = QemuError
         try:
             record["result"] = result = self._qmp.execute(command, arguments, timeout)
         except ExecuteError as exc:
@@ -241,6 +245,7 @@ class QemuProcess:
             failure = f"{self.name}: {command} failed: {exc}"
         except TimeoutError:
             record["error"] = "timeout"
+            error = QmpTimeout
             failure = (f"{self.name}: QMP unresponsive: {command} got no answer within "
                        f"{timeout:g}s")
         record["seconds"] = round(time.time() - started, 6)
@@ -250,7 +255,7 @@ class QemuProcess:
         if failure is not None:
             if record["error"] == "timeout" and diagnose:
                 failure += "\n" + self.diagnosis()
-            raise QemuError(failure)
+            raise error(failure)
         return result
 
     def hmp(self, command_line: str, timeout: float = 30) -> str:
@@ -275,20 +280,22 @@ class QemuProcess:
                    match: Callable[[QmpEvent], bool] = lambda e: True,
                    since: float = 0.0) -> QmpEvent:
         """First event ``name`` (with timestamp >= ``since``) satisfying ``match``, or QemuError."""
-        deadline = time.monotonic() + timeout
         seen = 0
-        while True:
+
+        def arrived() -> QmpEvent | None:
+            nonlocal seen
             for event in self.events[seen:]:
                 if event.name == name and event.timestamp >= since and match(event):
                     return event
             seen = len(self.events)
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise QemuError(f"{self.name}: no {name} event within {timeout:g}s\n"
-                                f"{self.diagnosis()}")
             if not self.alive():
-                raise QemuError(f"{self.name} exited while waiting for {name}\n{self.diagnosis()}")
-            self.poll_events(wait=min(remaining, 0.5))
+                raise QemuError(f"{self.name} exited while waiting for {name}\n"
+                                f"{self.diagnosis()}")
+            self.poll_events(wait=0.2)
+            return None
+
+        return wait_for(f"{self.name}: a {name} event", arrived, timeout,
+                        diagnosis=self.diagnosis, interval=0)
 
     def console_has(self, text: str) -> bool:
         """True once the serial console log contains ``text``."""
@@ -306,7 +313,7 @@ class QemuProcess:
         round trips happen here, so the trigger acts within one packet's latency."""
         process = self.process
         if process is None:
-            raise QemuError(f"{self.name}: not started")
+            raise HarnessError(f"{self.name}: not started")
         arm = getattr(process, "arm", None)
         return arm(signum) if arm is not None else lambda: process.send_signal(signum)
 

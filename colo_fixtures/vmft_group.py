@@ -15,6 +15,7 @@ from pathlib import Path
 
 from colo_fixtures.disks import make_primary_disk, make_secondary_disks
 from colo_fixtures.hosts import Host
+from colo_fixtures.ledger import LEDGER_NAME
 from colo_fixtures.paxos import NodesConfig, PaxosReport, check_group, parse_dare_log
 from colo_fixtures.qemu import QemuError, QemuProcess, stop_all
 from colo_fixtures.topology import Topology
@@ -58,8 +59,8 @@ class VmftGroup:
                              self._vm_for(role), self.topo.host(role), self.topo.ports,
                              self.config)
             process = QemuProcess(role, node.argv, self.artifacts, self.run_dir / "sock",
-                                  host=self.hosts[role], env=node.env,
-                                  cwd=node.cwd)
+                                  host=self.hosts[role], env=node.env, cwd=node.cwd,
+                                  ledger=self.artifacts / LEDGER_NAME)
             self.nodes[role], self.processes[role] = node, process
             process.start()
         for process in self.processes.values():

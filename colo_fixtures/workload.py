@@ -26,6 +26,15 @@ from typing import Any
 
 from colo_fixtures.guest import AgentClient, AgentError
 from colo_fixtures.report import step
+from colo_fixtures.verdicts import (
+    ClientTimeout,
+    ConnectionBroken,
+    FailedWriteVisible,
+    LostWrite,
+    StaleRead,
+    Verdict,
+)
+from colo_fixtures.waits import wait_for
 
 Clock = Callable[[], tuple[float, float]]
 
@@ -208,7 +217,8 @@ class Workload:
 
     def __init__(self, connect: Callable[[], socket.socket], history: History, *,
                  keys: int = 8, op_timeout: float = 5.0, pause: float = 0.02,
-                 reconnect: bool = True, process: str = "client-1"):
+                 reconnect: bool = True, process: str = "client-1",
+                 health: Callable[[], None] | None = None):
         if keys < 1:
             raise ValueError(f"keys must be >= 1: {keys}")
         self.connect = connect
@@ -218,6 +228,7 @@ class Workload:
         self.pause = pause
         self.reconnect = reconnect
         self.process = process
+        self.health = health  # raises the verdict of a failed system under test
         self.broken: list[ConnectionBreak] = []
         self.connect_errors: list[str] = []
         self.crash: str | None = None  # an unexpected error that ended the thread
@@ -264,16 +275,14 @@ class Workload:
                    if op.process == self.process and op.type == "ok" and op.time >= since)
 
     def wait_ok(self, count: int, timeout: float, since: float = 0.0) -> None:
-        """Wait for ``count`` ok operations after ``since``; TimeoutError names what was seen."""
-        deadline = time.monotonic() + timeout
-        while self.ok_count(since) < count:
-            if time.monotonic() > deadline:
-                last = self.history.ops[-3:]
-                raise TimeoutError(f"{self.process}: {self.ok_count(since)} of {count} ok "
-                                   f"operations within {timeout:g}s; last ops: {last}; "
-                                   f"connection breaks: {self.broken}; last connect error: "
-                                   f"{self.connect_errors[-1:]}")
-            time.sleep(0.05)
+        """Wait for ``count`` ok operations after ``since``, running ``health`` meanwhile (a
+        guest crash is named as such, not as the client's timeout); ClientTimeout names what
+        the client saw."""
+        wait_for(f"{self.process}: {count} ok operations", lambda: self.ok_count(since) >= count,
+                 timeout, health=self.health, verdict=ClientTimeout, interval=0.05,
+                 seen=lambda: f"{self.ok_count(since)} ok; last ops: {self.history.ops[-3:]}; "
+                              f"connection breaks: {self.broken}; last connect error: "
+                              f"{self.connect_errors[-1:]}")
 
     # -- the thread
 
@@ -374,12 +383,30 @@ class CheckResult:
     """The checker's verdict on one history."""
 
     valid: bool
-    errors: list[str]
+    errors: list[str]  # every error below, gravest first
     lost_writes: list[str]
-    stale_reads: list[str]
+    stale_reads: list[str]  # stale and phantom reads
+    visible: list[str]  # failed writes or never-written values seen
     connection: dict[str, Any]
     downtime: dict[str, Any]
     stats: dict[str, dict[str, int]]
+    connection_error: str | None = None  # the long-lived connection did not survive
+
+    def verdict(self) -> Verdict | None:
+        """The typed verdict of an invalid history (its gravest kind), else None."""
+        for errors, kind in ((self.lost_writes, LostWrite), (self.stale_reads, StaleRead),
+                             (self.visible, FailedWriteVisible)):
+            if errors:
+                return kind(self.summary())
+        if self.connection_error is not None:
+            return ConnectionBroken(self.summary())
+        return None
+
+    def assert_valid(self, context: str = "") -> None:
+        """Raise the typed verdict of an invalid history (``context`` leads its message)."""
+        verdict = self.verdict()
+        if verdict is not None:
+            raise type(verdict)(f"{context}{': ' if context else ''}{verdict}")
 
     def summary(self) -> str:
         """A few lines for a report: verdict, counts, connection, downtime, first errors."""
@@ -473,17 +500,18 @@ def check(history: History, final: Mapping[str, tuple[int, str] | None], *,
     def rel(moment: float) -> str:
         return f"{moment - origin:+.3f}s"
 
-    errors: list[str] = []
-    stale = _check_reads(pairs, states, rel, errors)
-    lost = _check_write_order(pairs, rel) + _check_final(states, final, final_at, rel, errors)
+    visible: list[str] = []
+    stale = _check_reads(pairs, states, rel, visible)
+    lost = _check_write_order(pairs, rel) + _check_final(states, final, final_at, rel, visible)
     if log is not None:
         lost += _check_log(pairs, log, final_at, rel)
     connection = _connection(ops, origin)
+    broken = None
     if require_connection_survives and not connection["survived"]:
-        errors.append(_broken_connection_error(connection))
-    all_errors = lost + stale + errors
-    return CheckResult(not all_errors, all_errors, lost, stale, connection,
-                       _downtime(ops, faults, origin), _stats(pairs))
+        broken = _broken_connection_error(connection)
+    errors = lost + stale + visible + ([broken] if broken else [])
+    return CheckResult(not errors, errors, lost, stale, visible, connection,
+                       _downtime(ops, faults, origin), _stats(pairs), broken)
 
 
 def _broken_connection_error(connection: dict[str, Any]) -> str:
@@ -502,8 +530,8 @@ def _stats(pairs: list[tuple[Op, Op | None]]) -> dict[str, dict[str, int]]:
 
 
 def _check_reads(pairs: list[tuple[Op, Op | None]], states: dict[str, _KeyState],
-                 rel: Callable[[float], str], errors: list[str]) -> list[str]:
-    """Stale and phantom reads; failed writes seen by a read go to ``errors``."""
+                 rel: Callable[[float], str], visible: list[str]) -> list[str]:
+    """Stale and phantom reads; failed writes seen by a read go to ``visible``."""
     stale: list[str] = []
     for invoke, done in pairs:
         if invoke.f != "read" or done is None or done.type != "ok":
@@ -516,7 +544,7 @@ def _check_reads(pairs: list[tuple[Op, Op | None]], states: dict[str, _KeyState]
                          "a value never written")
             continue
         if state.failed(position):
-            errors.append(f"failed write visible: {key}={shown} read at {rel(done.time)}")
+            visible.append(f"failed write visible: {key}={shown} read at {rel(done.time)}")
         version = (position, done.seq if done.value is not None else None)
         required = state.last_acked(invoke.time)
         if required is not None and _older(version, required):
@@ -591,8 +619,8 @@ def _check_log(pairs: list[tuple[Op, Op | None]], log: Mapping[int, tuple[str, s
 
 def _check_final(states: dict[str, _KeyState], final: Mapping[str, tuple[int, str] | None],
                  final_at: float | None, rel: Callable[[float], str],
-                 errors: list[str]) -> list[str]:
-    """Lost acknowledged writes; phantom and failed values in ``final`` go to ``errors``."""
+                 visible: list[str]) -> list[str]:
+    """Lost acknowledged writes; phantom and failed values in ``final`` go to ``visible``."""
     lost: list[str] = []
     for key in sorted(set(states) | set(final)):
         state = states.get(key, _KeyState())
@@ -600,10 +628,10 @@ def _check_final(states: dict[str, _KeyState], final: Mapping[str, tuple[int, st
         value = got[1] if got else None
         position = state.position(value)
         if position is None:
-            errors.append(f"phantom value: the survivor has {key}={value}, never written")
+            visible.append(f"phantom value: the survivor has {key}={value}, never written")
             continue
         if state.failed(position):
-            errors.append(f"failed write visible: the survivor has {key}={value}")
+            visible.append(f"failed write visible: the survivor has {key}={value}")
         acked = state.last_acked(float("inf") if final_at is None else final_at)
         if acked is not None and _older((position, got[0] if got else None), acked):
             invoke, done = state.writes[acked[0]]

@@ -14,6 +14,7 @@ import pytest
 
 from colo_fixtures.consistency import compare_replicas, survivor_log
 from colo_fixtures.guest import disk_store
+from colo_fixtures.verdicts import LostWrite, require_memory_clean
 from colo_fixtures.workload import check
 
 pytestmark = [pytest.mark.colo, pytest.mark.disk, allure.epic("COLO"), allure.feature("disk")]
@@ -30,14 +31,15 @@ def test_replicas_identical_after_checkpoint(start_colo, tmp_path):
              for j in range(3) for i in range(10)}
     comparison = compare_replicas(colo.pair, tmp_path)
     colo.write_metrics("disk-consistency", comparison.to_json())
-    assert comparison.identical, (f"replicas differ at {comparison.mismatching_offsets}: "
-                                  f"{comparison.qemu_img_compare}")
+    comparison.require_identical()
     assert comparison.layers_before["active"] > 0, "writes never reached the active layer"
     assert comparison.layers_after == {"active": 0, "hidden": 0}, (
         f"layers not emptied by the checkpoint: {comparison.layers_after}")
     for key, (seq, value) in acked.items():
-        record = comparison.store[key]
-        assert (record.seq, record.value) == (seq, value), f"{key} not on the primary's disk"
+        record = comparison.store.get(key)
+        if record is None or (record.seq, record.value) != (seq, value):
+            raise LostWrite(f"lost acknowledged write: {key}={value} (seq {seq}) is not on "
+                            f"the primary's disk (found {record})")
 
 
 @allure.story("the survivor's disk holds every acknowledged write")
@@ -63,5 +65,5 @@ def test_survivor_disk_holds_acknowledged_writes(start_colo, tmp_path, victim):
     mem = colo.agent().mem()
     colo.write_metrics("survivor-disk", {"victim": victim, "records": len(records),
                                          "survivor_memcheck": mem, "check": result.to_json()})
-    assert result.valid, result.summary()
-    assert mem["errors"] == 0, f"the survivor's memory check failed: {mem}"
+    result.assert_valid()
+    require_memory_clean(mem, "the survivor")

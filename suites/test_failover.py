@@ -16,7 +16,7 @@ import allure
 import pytest
 
 from colo_fixtures.consistency import compare_replicas
-from colo_fixtures.qemu import QemuError
+from colo_fixtures.verdicts import ConnectionBroken, require_memory_clean
 from colo_fixtures.workload import check
 
 pytestmark = [pytest.mark.colo, pytest.mark.failover, allure.epic("COLO"),
@@ -117,7 +117,7 @@ def client_figures(result, fault: int) -> dict[str, Any]:
 def survivor_memcheck(colo, figures: dict[str, Any]) -> None:
     """The serving VM's own memory check (the agent's MEM), recorded, then asserted clean."""
     mem = figures["survivor_memcheck"] = colo.agent().mem()
-    assert mem["errors"] == 0, f"the survivor's memory check failed: {mem}"
+    require_memory_clean(mem, "the survivor")
 
 
 def judge(colo, workload, figures: dict[str, Any], name: str = "failover") -> None:
@@ -133,7 +133,7 @@ def judge(colo, workload, figures: dict[str, Any], name: str = "failover") -> No
     finally:
         colo.write_metrics(name, figures)
     allure.attach(result.summary(), "checker", allure.attachment_type.TEXT)
-    assert result.valid, result.summary()
+    result.assert_valid()
     assert colo.pair.primary.qmp("query-status")["status"] == "running"
 
 
@@ -193,8 +193,8 @@ def test_resume_replication(start_colo, tmp_path):
         survivor_memcheck(colo, figures)
     finally:
         colo.write_metrics("resume", figures)
-    assert result.valid, result.summary()
-    assert comparison.identical, f"resynchronised disks differ: {comparison.to_json()}"
+    result.assert_valid()
+    comparison.require_identical("the resynchronised disks")
     assert colo.pair.colo_modes() == ("primary", "secondary")
 
 
@@ -239,10 +239,9 @@ def test_repeated_cycles(start_colo, colo_settings, connection):
             figures = fail_over(colo, victim, "kill")
             reports.append(figures)
             figures["resume"] = resume_and_verify(colo, workload, cycle)
-        except QemuError as exc:
-            record(failed=f"cycle {cycle}: {str(exc).splitlines()[0]}")
-            raise AssertionError(f"cycle {cycle} ({victim} killed) failed: "
-                                 f"{str(exc).splitlines()[0]}") from exc
+        except Exception as exc:  # the verdict propagates as it is, its cycle recorded
+            record(failed=f"cycle {cycle} ({victim} killed): {str(exc).splitlines()[0]}")
+            raise
         # The checker passes after every cycle, not only at the end; the client runs on
         # meanwhile, so writes acknowledged after the final reads began are concurrent.
         final, final_at = colo.final_state()
@@ -252,14 +251,15 @@ def test_repeated_cycles(start_colo, colo_settings, connection):
             survivor_memcheck(colo, figures)
         finally:
             record()
-        assert snapshot.valid, f"after cycle {cycle}: {snapshot.summary()}"
+        snapshot.assert_valid(f"after cycle {cycle}")
     workload.stop()
     final, final_at = colo.final_state()
     result = check(colo.history, final, final_at=final_at)
     record(connection=result.connection, downtime=result.downtime)
     allure.attach(result.summary(), "checker", allure.attachment_type.TEXT)
-    assert result.valid, result.summary()
-    assert result.connection["survived"], (
-        "the long-lived connection did not survive the cycles: "
-        + "; ".join(f"conn {b['conn']} broke at {b['at']:+.3f}s ({b['error']})"
-                    for b in result.connection["breaks"]))
+    result.assert_valid()
+    if not result.connection["survived"]:
+        raise ConnectionBroken(
+            "the long-lived connection did not survive the cycles: "
+            + "; ".join(f"conn {b['conn']} broke at {b['at']:+.3f}s ({b['error']})"
+                        for b in result.connection["breaks"]))

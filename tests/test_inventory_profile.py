@@ -236,3 +236,25 @@ def test_lab_provisions_both_hosts_and_removes_everything(machines, tmp_path: Pa
 def _indexes(ns: str) -> dict[int, str]:
     with IPRoute(netns=ns, flags=0) as ipr:
         return {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
+
+
+def test_clock_offsets_are_measured_and_a_skewed_host_is_refused(machines, tmp_path: Path,
+                                                                  monkeypatch):
+    """The real measurement over SSH (the hosts share this machine's clock: the offset is
+    within the round trip); a host whose clock is 50 ms off is refused, named, in one line."""
+    hosts = lab_hosts_of(machines)
+    try:
+        hosts.check_clocks()
+        assert set(hosts.clock_offsets) == {"primary", "secondary", "client"}
+        for offset, rtt in hosts.clock_offsets.values():
+            assert 0 < rtt < 0.5 and abs(offset) <= rtt / 2 + 0.002, (offset, rtt)
+        skewed = hosts.hosts["secondary"]
+        monkeypatch.setattr(skewed, "clock_offset", lambda: (0.050, 0.001))
+        with pytest.raises(InventoryLabError) as info:
+            hosts.check_clocks()
+    finally:
+        hosts.close()
+    message = str(info.value)
+    assert message.startswith("secondary (root@10.23.0.3:22): clock +50.0 ms off this "
+                              "machine's (round trip 1.0 ms): synchronise"), message
+    assert "primary" not in message and "\n" not in message

@@ -1,132 +1,35 @@
-"""Known issues are data: matching tests get a strict xfail, others are left alone."""
+"""Known issues excuse only the call phase of a covered test, only the SUT failure types they
+name, and only with their evidence on the survivor; a COLO violation is never excused."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
-from colo_fixtures.known_issues import KNOWN_ISSUES, KnownIssue, mark_known_issues
+import pytest
 
+from colo_fixtures import verdicts
+from colo_fixtures.known_issues import (
+    KNOWN_ISSUES,
+    Evidence,
+    KnownIssue,
+    covered_test_only,
+    explaining_line,
+    frozen_survivor_nic,
+    virtio_queues,
+)
+from colo_fixtures.verdicts import ClientTimeout, ColoViolation, LostWrite, SutFailure
 
-class Item:
-    """The part of a pytest item that marking uses."""
-
-    def __init__(self, nodeid: str):
-        self.nodeid = nodeid
-        self.markers: list = []
-
-    def add_marker(self, marker) -> None:
-        self.markers.append(marker)
-
-
-def test_one_parametrization_can_be_named():
-    items = [Item("suites/a.py::test_x[fresh]"), Item("suites/a.py::test_x[old]")]
-    mark_known_issues(items, (KnownIssue("suites/a.py::test_x[fresh]", "broken", "x"),))  # type: ignore[arg-type]
-    assert [len(i.markers) for i in items] == [1, 0]
-
-
-def test_matching_tests_and_their_parameters_are_marked_strict():
-    items = [Item("suites/a.py::test_x"), Item("suites/a.py::test_x[3]"),
-             Item("suites/a.py::test_xy")]
-    mark_known_issues(items, (KnownIssue("suites/a.py::test_x", "broken", "x"),))  # type: ignore[arg-type]
-    assert [len(i.markers) for i in items] == [1, 1, 0]
-    mark = items[0].markers[0]
-    assert mark.name == "xfail"
-    assert mark.kwargs == {"reason": "broken", "strict": True}
-
-
-def test_every_known_issue_names_an_existing_suite_test():
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parent.parent
-    for issue in KNOWN_ISSUES:
-        path, name = issue.test.split("::")
-        assert f"def {name.split('[')[0]}(" in (root / path).read_text(), issue.test
-        assert issue.strict and len(issue.reason) > 40
-
-
-def test_known_log_message_is_recognised_and_others_are_not():
-    from colo_fixtures.known_issues import known_log_message
-
-    line = ("2026-11-28T19:27:39.371229Z qemu-system-x86_64: virtio: zero sized buffers are "
-            "not allowed")
-    issue = known_log_message(line)
-    assert issue is not None and "cause not identified" in issue.reason
-    assert issue.explains_failure
-    assert known_log_message("qemu-system-x86_64: Can't receive COLO message") is None
-    bogus = known_log_message("2026-11-29T01:02:46.533229Z qemu-system-x86_64: virtio: bogus "
-                              "descriptor or out of resources")
-    assert bogus is not None and bogus is not issue and bogus.explains_failure
-
-
+ROOT = Path(__file__).resolve().parent.parent
+VIOLATIONS = sorted(cls.__name__ for cls in verdicts.verdict_types()
+                    if issubclass(cls, ColoViolation))
 BROKEN_NIC = ("2026-11-28T21:51:35.998773Z qemu-system-x86_64: virtio: zero sized buffers "
               "are not allowed\n")
-
-
-def test_a_failure_explained_by_a_known_message_is_an_expected_failure(tmp_path: Path):
-    tests = tmp_path / "test_explained.py"
-    tests.write_text(
-        "def test_explained(artifacts):\n"
-        f"    (artifacts / 'secondary-stderr.log').write_text({BROKEN_NIC!r})\n"
-        "    assert False, 'the client timed out after the failover'\n"
-        "\n"
-        "def test_unexplained(artifacts):\n"
-        "    (artifacts / 'secondary-stderr.log').write_text('all quiet\\n')\n"
-        "    assert False, 'a real failure'\n"
-        "\n"
-        "def test_lost_write_is_not_excused(artifacts):\n"
-        f"    (artifacts / 'secondary-stderr.log').write_text({BROKEN_NIC!r})\n"
-        "    assert False, 'lost acknowledged write: k1=w9 (seq 9) forgotten'\n")
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", str(tests), "-rxf", "-p", "no:cacheprovider",
-         "--report-dir", str(tmp_path / "reports"), "--rootdir", str(tmp_path)],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    out = result.stdout
-    assert result.returncode == 1, out
-    assert "2 failed, 1 xfailed" in out
-    assert "XFAIL test_explained.py::test_explained - known issue (secondary-stderr.log:1)" \
-        in out
-    assert "FAILED test_explained.py::test_unexplained" in out
-    assert "FAILED test_explained.py::test_lost_write_is_not_excused" in out
-
-
-def test_a_known_issue_excuses_only_its_symptom(tmp_path: Path):
-    """The real known issue of the cycles test, on a stand-in test with its node id: its
-    symptom is an expected failure; another failure, or a lost write, is a failure."""
-    issue = next(i for i in KNOWN_ISSUES if "opened-since-checkpoint" in i.test)
-    (tmp_path / "suites").mkdir()
-    (tmp_path / "suites" / "test_failover.py").write_text(
-        "import os\n"
-        "import pytest\n"
-        "\n"
-        "@pytest.mark.parametrize('connection', ['opened-since-checkpoint'])\n"
-        "def test_repeated_cycles(connection):\n"
-        "    raise AssertionError(os.environ['FAILURE'])\n")
-
-    def run(failure: str) -> str:
-        result = subprocess.run(
-            [sys.executable, "-m", "pytest", "suites/test_failover.py", "-rxf", "-p",
-             "no:cacheprovider", "--report-dir", str(tmp_path / "reports"),
-             "--rootdir", str(tmp_path)],
-            cwd=tmp_path, capture_output=True, text=True, timeout=120,
-            env={**os.environ, "FAILURE": failure})
-        assert result.returncode == (0 if "1 xfailed" in result.stdout else 1), result.stdout
-        return result.stdout
-
-    out = run("the long-lived connection did not survive the cycles: conn 1 broke")
-    assert f"XFAIL {issue.test}" in out, out
-    out = run("cycle 2 (secondary killed) failed: resume: drive-mirror never ready")
-    assert "1 failed" in out and "the known issue does not explain this failure" in out, out
-    out = run("after cycle 1: lost acknowledged write: k0=w3 (seq 3)")
-    assert "1 failed" in out and "is never a known issue" in out, out
-
-
 FROZEN = """\
 secondary /machine/peripheral/e0/virtio-backend: broken=False started=True vm-running=True status=ok
-  queue 0 rx: inuse=0 last-avail=26 shadow-avail=256 used=26 signalled-used=0
-  queue 1 tx: inuse=0 last-avail=28 shadow-avail=31 used=28 signalled-used=0
+  queue 0 rx: inuse=0 last-avail=26 shadow-avail=256 used=26 signalled-used=0 avail=256
+  queue 1 tx: inuse=0 last-avail=28 shadow-avail=31 used=28 signalled-used=0 avail=31
   queue 2 ctrl: inuse=0 last-avail=9 shadow-avail=9 used=9 signalled-used=0
 """
 HEALTHY = """\
@@ -137,17 +40,239 @@ primary /machine/peripheral/e0/virtio-backend: broken=False started=True vm-runn
 """
 
 
-def test_a_frozen_nic_is_recognised_from_its_virtio_queues():
-    """The signature seen in CI (2026-11-29): every queue's signalled-used is 0 while used
-    is not; a healthy NIC's signalled-used follows used; a fresh NIC (all 0) is not frozen."""
-    from colo_fixtures.known_issues import frozen_nic
+def test_every_known_issue_is_complete_and_names_existing_tests():
+    for issue in KNOWN_ISSUES:
+        assert issue.excuses and all(issubclass(t, SutFailure) for t in issue.excuses)
+        assert len(issue.reason) > 80 and issue.since.startswith("2026-"), issue.name
+        for pattern in issue.tests:
+            path, name = pattern.split("::")
+            function = name.split("[")[0]
+            assert f"def {function}(" in (ROOT / path).read_text(), pattern
 
-    assert frozen_nic(FROZEN) == "secondary"
-    assert frozen_nic(HEALTHY + FROZEN.replace("secondary", "secondary2")) == "secondary2"
-    assert frozen_nic(HEALTHY) is None
-    assert frozen_nic(FROZEN.replace("used=26 signalled-used=0", "used=26 signalled-used=26")
-                      ) is None  # one queue moved: not the freeze
-    fresh = "\n".join(line.replace("used=26", "used=0").replace("used=28", "used=0")
-                      .replace("used=9", "used=0") for line in FROZEN.splitlines())
-    assert frozen_nic(fresh) is None
-    assert frozen_nic("secondary: virtio state unavailable: QMP unresponsive") is None
+
+def test_a_known_issue_cannot_excuse_a_colo_violation():
+    with pytest.raises(ValueError, match="never excused"):
+        KnownIssue("x", "r", "2026-12-02", ("t",), (LostWrite,), covered_test_only,  # type: ignore[arg-type]
+                   "none")
+
+
+def test_known_log_lines_are_recognised_and_others_are_not():
+    issue = explaining_line(BROKEN_NIC.strip())
+    assert issue is not None and issue.name == "virtio-zero-sized-buffers"
+    assert explaining_line("qemu-system-x86_64: Can't receive COLO message") is None
+    bogus = explaining_line("2026-11-29T01:02:46.533229Z qemu-system-x86_64: virtio: bogus "
+                            "descriptor or out of resources")
+    assert bogus is not None and bogus is not issue
+
+
+def test_virtio_queues_are_parsed_per_side():
+    queues = virtio_queues(HEALTHY + FROZEN)
+    assert queues["secondary"]["tx"] == {"last_avail": 28, "shadow_avail": 31, "used": 28,
+                                         "signalled": 0, "avail": 31}
+    assert queues["primary"]["ctrl"]["avail"] is None
+
+
+def test_the_frozen_nic_needs_every_piece_of_its_evidence_on_the_survivor():
+    """The signature seen in CI (2026-11-29), on the survivor, with the client's packets on
+    its tap; without any one of these it is not this known issue."""
+    ev = Evidence(survivor="secondary", virtio=HEALTHY + FROZEN, tap_tx_since_failover=12)
+    assert "12 packets reached its tap" in (frozen_survivor_nic(ev) or "")
+    # the client's packets never reached the survivor's tap: a harness or lab bug
+    assert frozen_survivor_nic(Evidence("secondary", virtio=FROZEN,
+                                        tap_tx_since_failover=0)) is None
+    assert frozen_survivor_nic(Evidence("secondary", virtio=FROZEN)) is None
+    # the freeze on the side that did not survive
+    assert frozen_survivor_nic(Evidence("primary", virtio=HEALTHY + FROZEN,
+                                        tap_tx_since_failover=12)) is None
+    # TX not pending: nothing the guest offered was left unprocessed
+    idle = FROZEN.replace("shadow-avail=31 used=28 signalled-used=0 avail=31",
+                          "shadow-avail=28 used=28 signalled-used=0 avail=28")
+    assert frozen_survivor_nic(Evidence("secondary", virtio=idle,
+                                        tap_tx_since_failover=12)) is None
+    # one queue signalled: the NIC moves
+    moving = FROZEN.replace("used=26 signalled-used=0", "used=26 signalled-used=26")
+    assert frozen_survivor_nic(Evidence("secondary", virtio=moving,
+                                        tap_tx_since_failover=12)) is None
+    assert frozen_survivor_nic(Evidence()) is None
+
+
+# ------------------------------------------------------------ the plugin, end to end
+
+STANDIN = '''
+import pytest
+from colo_fixtures import verdicts
+from colo_fixtures.plugin import STARTED_KEY
+
+CASES = {CASES!r}
+
+
+class Process:
+    def __init__(self, name, folder):
+        self.name = name
+        self.stderr_log = folder / f"{{name}}-stderr.log"
+        self.console_log = folder / f"{{name}}-console.log"
+
+    def sync_logs(self):
+        pass
+
+
+class Replica:
+    def __init__(self, process, tap):
+        self.process, self.name, self.tap_tx_at_takeover = process, process.name, tap
+
+
+class Pair:
+    """What the plugin reads of a COLO pair after a takeover by the secondary."""
+
+    def __init__(self, folder, tap):
+        self.processes = [Process("primary", folder), Process("secondary", folder)]
+        self.primary_replica = Replica(self.processes[1], 100)
+        self.tap = tap
+
+    def virtio_net_state(self):
+        return {HEALTHY!r} + {FROZEN!r}
+
+    def tap_tx_since_takeover(self):
+        return self.tap
+
+
+class Lab:
+    def __init__(self, pair):
+        self.pair = pair
+
+
+def raise_(name):
+    raise getattr(verdicts, name)(f"{{name}} raised on purpose")
+
+
+@pytest.fixture
+def standin(request, artifacts):
+    name, phase, tap = CASES[request.node.callspec.id]
+    (artifacts / "secondary-stderr.log").write_text({BROKEN_NIC!r})
+    request.node.stash[STARTED_KEY] = [Lab(Pair(artifacts, tap))]
+    if phase == "setup":
+        raise_(name)
+    yield name, phase
+    if phase == "teardown":
+        raise_(name)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_repeated_cycles(standin, case):
+    name, phase = standin
+    if phase == "call" and name:
+        raise_(name)
+'''
+
+
+def run_standin(tmp_path: Path, cases: dict[str, tuple[str, str, int]],
+                *args: str) -> dict[str, set[str]]:
+    """Run the stand-in test with the real plugin; the outcome words of each case."""
+    (tmp_path / "suites").mkdir(exist_ok=True)
+    (tmp_path / "suites" / "test_failover.py").write_text(STANDIN.format(
+        CASES=cases, HEALTHY=HEALTHY, FROZEN=FROZEN, BROKEN_NIC=BROKEN_NIC))
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "suites/test_failover.py", "-rA", "-p",
+         "no:cacheprovider", "--report-dir", str(tmp_path / "reports"),
+         "--rootdir", str(tmp_path), *args],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    outcomes: dict[str, set[str]] = {case: set() for case in cases}
+    for line in result.stdout.splitlines():
+        word, _, rest = line.partition(" ")
+        for case in cases:
+            if rest.startswith(f"suites/test_failover.py::test_repeated_cycles[{case}]"):
+                outcomes[case].add(word)
+    outcomes["_stdout"] = {result.stdout}
+    return outcomes
+
+
+def test_no_colo_violation_is_excused_in_any_phase(tmp_path: Path):
+    """Every ColoViolation type, in call, setup and teardown of a test four known issues
+    cover, with a known log line in the survivor's stderr and the frozen-NIC state on the
+    survivor: a failure (call) or an error (setup, teardown), never an xfail."""
+    cases = {f"{name}-{phase}": (name, phase, 12) for name in VIOLATIONS
+             for phase in ("call", "setup", "teardown")}
+    outcomes = run_standin(tmp_path, cases)
+    out = outcomes.pop("_stdout").pop()
+    for case, words in outcomes.items():
+        want = "FAILED" if case.endswith("-call") else "ERROR"
+        assert want in words and "XFAIL" not in words, (case, words, out)
+    assert "is a COLO violation: no known issue excuses it" in out
+
+
+def test_a_sut_failure_is_excused_only_in_call_and_only_with_its_evidence(tmp_path: Path):
+    cases = {
+        "timeout-call": ("ClientTimeout", "call", 12),  # the frozen NIC, all evidence
+        "timeout-no-packets": ("ClientTimeout", "call", 0),  # the packets never arrived
+        "timeout-setup": ("ClientTimeout", "setup", 12),
+        "timeout-teardown": ("ClientTimeout", "teardown", 12),
+        "qemu-error-call": ("QemuError", "call", 12),  # a type no issue names
+        "passes": ("", "call", 12),
+    }
+    outcomes = run_standin(tmp_path, cases)
+    out = outcomes.pop("_stdout").pop()
+    assert outcomes["timeout-call"] == {"XFAIL"}, out
+    # no virtio line in the survivor's log? It has one: the log-line issue excuses it first
+    assert "known issue virtio-zero-sized-buffers (secondary-stderr.log:1)" in out
+    assert outcomes["timeout-setup"] == {"ERROR"}, out
+    assert "ERROR" in outcomes["timeout-teardown"], out
+    assert outcomes["qemu-error-call"] == {"FAILED"}, out
+    assert "excuses only ClientTimeout, not QemuError" in out
+    assert outcomes["passes"] == {"PASSED"}, out
+    assert "virtio-zero-sized-buffers: excused 2 failure(s)" in out, out
+
+
+def test_the_frozen_nic_without_client_packets_on_the_tap_is_a_failure(tmp_path: Path):
+    """No known log line this time: the frozen-NIC issue alone decides, and the client's
+    packets never reached the survivor's tap (a harness or lab bug looks like this)."""
+    cases = {"frozen-with-packets": ("ClientTimeout", "call", 12),
+             "frozen-no-packets": ("ClientTimeout", "call", 0)}
+    standin = STANDIN.replace("(artifacts / \"secondary-stderr.log\").write_text",
+                              "len")
+    (tmp_path / "suites").mkdir()
+    (tmp_path / "suites" / "test_failover.py").write_text(standin.format(
+        CASES=cases, HEALTHY=HEALTHY, FROZEN=FROZEN, BROKEN_NIC=BROKEN_NIC))
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "suites/test_failover.py", "-rA", "-p",
+         "no:cacheprovider", "--report-dir", str(tmp_path / "reports"),
+         "--rootdir", str(tmp_path)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    out = result.stdout
+    assert "XFAIL suites/test_failover.py::test_repeated_cycles[frozen-with-packets]" in out
+    assert "known issue frozen-nic-after-takeover (virtio.txt: secondary" in out
+    assert "FAILED suites/test_failover.py::test_repeated_cycles[frozen-no-packets]" in out
+    assert "frozen-nic-after-takeover: its evidence is missing" in out
+    assert result.returncode == 1
+
+
+def test_runxfail_excuses_nothing(tmp_path: Path):
+    cases = {"timeout-call": ("ClientTimeout", "call", 12)}
+    outcomes = run_standin(tmp_path, cases, "--runxfail")
+    assert outcomes["timeout-call"] == {"FAILED"}, outcomes["_stdout"]
+
+
+def test_a_strict_node_id_issue_fails_the_run_when_its_test_passes(tmp_path: Path):
+    """The cycles test's own issue: its symptom (a broken connection) is excused; when the
+    test passes, the issue is gone and the run says to remove it."""
+    issue = next(i for i in KNOWN_ISSUES if i.strict)
+    cases = {"opened-since-checkpoint": ("", "call", 0)}
+    outcomes = run_standin(tmp_path, cases)
+    out = outcomes["_stdout"].pop()
+    assert outcomes["opened-since-checkpoint"] == {"FAILED"}, out
+    assert f"[XPASS(strict)] known issue {issue.name} no longer happens" in out
+    cases = {"opened-since-checkpoint": ("ConnectionBroken", "call", 0)}
+    assert run_standin(tmp_path, cases)["opened-since-checkpoint"] == {"XFAIL"}
+
+
+def test_a_verdict_type_not_named_by_the_issue_is_reported_with_the_reason(tmp_path: Path):
+    cases = {"opened-since-checkpoint": ("QemuError", "call", 0)}
+    outcomes = run_standin(tmp_path, cases)
+    out = outcomes["_stdout"].pop()
+    assert outcomes["opened-since-checkpoint"] == {"FAILED"}, out
+    assert "rewriter-offset-lost-at-resume excuses only ConnectionBroken, not QemuError" \
+        in out
+
+
+def test_client_timeout_is_a_sut_failure():
+    assert issubclass(ClientTimeout, SutFailure) and not issubclass(ClientTimeout,
+                                                                      ColoViolation)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from colo_fixtures.categories import categorise
-from colo_fixtures.logscan import line_time, miscompare_storm, scan
+from colo_fixtures.categories import categorise, exception_message
+from colo_fixtures.logscan import line_time, miscompare_storm, scan, verdict_of
+from colo_fixtures.verdicts import MiscompareStorm
 
 CONSOLE = """\
 [    1.0] Linux version 6.1.0
@@ -115,5 +116,7 @@ def test_a_miscompare_storm_in_a_primary_trace_is_a_finding(tmp_path: Path):
     assert storm is not None and storm.line_number == 2
     assert str(storm).startswith("colo-compare miscompare storm: primary-trace.log:2: "
                                  "10 miscompares (limit 10)")
-    assert categorise("failed", f"log analyzer: {storm}") == "colo-compare miscompare storm"
+    verdict = verdict_of([storm])
+    assert isinstance(verdict, MiscompareStorm)
+    assert categorise("failed", exception_message(verdict)) == "colo-compare miscompare storm"
     assert miscompare_storm(tmp_path / "missing.log") is None

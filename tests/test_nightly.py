@@ -7,6 +7,8 @@ import json
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from colo_fixtures.categories import categorise
 from colo_fixtures.metrics import METRICS_NAME, RUN_PLOT, Regression
 from colo_fixtures.nightly import (
@@ -98,3 +100,23 @@ def test_two_nights_show_a_trend_and_a_slower_link_is_a_regression(tmp_path: Pat
     assert "metrics regression check" in junit and "metrics regression:" in junit
     executor = json.loads((latest / "allure-results" / "executor.json").read_text())
     assert executor["buildName"] == f"COLO nightly {latest.name}"
+
+
+@pytest.mark.parametrize(("pytest_rc", "report", "regressed", "code", "word"), [
+    (0, True, False, 0, "PASSED"), (1, True, False, 1, "FAILED"),
+    (4, True, False, 2, "SET-UP/USAGE ERROR"), (0, True, True, 3, "REGRESSION"),
+    (3, True, True, 4, "INTERNAL ERROR"), (0, False, False, 4, "INTERNAL ERROR"),
+    (2, True, False, 5, "INTERRUPTED"), (5, True, False, 6, "NO TESTS RAN"),
+    (99, True, False, 4, "INTERNAL ERROR")])
+def test_exit_codes_say_what_happened(tmp_path: Path, pytest_rc, report, regressed, code,
+                                      word):
+    """pytest's internal error (its exit 3) is never reported as a regression (ours is 3)."""
+    from colo_fixtures.allure_html import Report
+    from colo_fixtures.nightly import Night, summary
+
+    night = Night(tmp_path, pytest_rc=pytest_rc,
+                  report=Report(tmp_path, tmp_path, []) if report else None,
+                  regressions=[Regression("pause", "p50", 50.0, 80.0, "ms")] if regressed
+                  else [])
+    assert night.exit_code == code
+    assert summary(night).splitlines()[0].split(": ")[1].startswith(word + " ")

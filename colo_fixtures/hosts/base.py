@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import shlex
 import shutil
 import socket
 import subprocess
@@ -12,6 +14,9 @@ from pathlib import Path
 from typing import Protocol
 
 from colo_fixtures.ledger import process_name
+from colo_fixtures.verdicts import LabError
+
+log = logging.getLogger("colo.host")
 
 
 @dataclass(frozen=True)
@@ -24,7 +29,7 @@ class Result:
     stderr: str
 
 
-class CommandError(RuntimeError):
+class CommandError(LabError):
     """A command exited non-zero or timed out; the message names the host and the command."""
 
 
@@ -119,6 +124,7 @@ def popen(argv: list[str], log: Path, env: dict[str, str] | None,
 def run_local(name: str, argv: list[str], launch: list[str], timeout: float,
               check: bool) -> Result:
     """Run ``launch`` (``argv`` as started on this machine) and report it as ``argv``."""
+    log.debug("%s: %s", name, shlex.join(argv))
     try:
         done = subprocess.run(launch, capture_output=True, text=True, timeout=timeout,
                               stdin=subprocess.DEVNULL, check=False)
