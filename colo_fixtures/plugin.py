@@ -333,13 +333,15 @@ class ColoLab:
         checkpoint can carry it past the moment), so there a heartbeat is the sign.
         """
         limit = timeout or self.timeout * 2
-        deadline = time.monotonic() + limit
-        for side, sign in zip(self.pair.sides, ("colo-agent: ready", "colo-agent: hb="),
-                              strict=True):
-            wait_for(f"{side.name}: console showing {sign!r}",
-                     lambda side=side, sign=sign: side.console_has(sign),
-                     max(0.0, deadline - time.monotonic()), health=self.pair.check_health,
-                     diagnosis=self.pair.diagnosis, interval=0.5)
+        signs = list(zip(self.pair.sides, ("colo-agent: ready", "colo-agent: hb="),
+                         strict=True))
+
+        def missing() -> list[str]:
+            return [f"{side.name} {sign!r}" for side, sign in signs if not side.console_has(sign)]
+
+        wait_for("the guest agent on both consoles", lambda: not missing(), limit,
+                 health=self.pair.check_health, diagnosis=self.pair.diagnosis, interval=0.5,
+                 seen=lambda: "not shown: " + ", ".join(missing()))
         self.agent(limit).ping()
 
     def write_metrics(self, name: str, metrics: dict[str, Any]) -> Path:

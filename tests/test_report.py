@@ -45,6 +45,29 @@ RUN = ["suites/test_failover.py::test_failover_after_kill[primary]",
 # ---------------------------------------------------------------- categories
 
 
+def test_every_verdict_type_of_the_package_has_its_category():
+    """Each Verdict subclass anywhere in colo_fixtures (a CommandError too) is matched by
+    exactly the rule of its own category, also in a process that imports only categories."""
+    import importlib
+    import pkgutil
+
+    import colo_fixtures
+    from colo_fixtures import verdicts
+
+    for module in pkgutil.walk_packages(colo_fixtures.__path__, "colo_fixtures."):
+        if module.name != "colo_fixtures.plugin":
+            importlib.import_module(module.name)
+    for cls in verdicts.verdict_types():
+        message = exception_message(cls("x"))
+        assert categorise("failed", message) == cls.category, (cls, message)
+    alone = subprocess.run(
+        [sys.executable, "-c", "from colo_fixtures.categories import CATEGORIES\n"
+         "print(sum(len(c['messageRegex'].split('|')) for c in CATEGORIES))"],
+        capture_output=True, text=True, check=True)
+    rules = sum(len(c["messageRegex"].split("|")) for c in CATEGORIES)
+    assert int(alone.stdout) == rules
+
+
 def test_each_category_is_decided_by_the_verdict_type(tmp_path: Path):
     """Verdicts made by the real code land in their type's category, whatever their text
     says; an untyped assertion lands in none."""
