@@ -25,7 +25,7 @@ from colo_fixtures.qemu import QemuError, QemuProcess, QmpTimeout, stop_all
 from colo_fixtures.report import step
 from colo_fixtures.topology import HostSpec, Ports, Topology
 from colo_fixtures.trace import Checkpoint, checkpoints, colo_message, read_trace
-from colo_fixtures.verdicts import ColoNotRunning, Deadlock, HarnessError
+from colo_fixtures.verdicts import ColoNotRunning, Deadlock, HarnessError, NicBroken
 from colo_fixtures.waits import wait_for
 
 TRACE_PATTERNS = ("colo_*",)
@@ -377,6 +377,7 @@ class ColoPair:
                 raise QemuError(f"{side.name} died\n{self.diagnosis()}")
             try:
                 side.qmp("query-status", timeout=timeout, diagnose=False)
+                self._check_nic(side, timeout)
             except QmpTimeout:
                 self.primary.sync_logs()
                 records = read_trace(self.primary.trace_log)
@@ -385,6 +386,21 @@ class ColoPair:
                                        self.vm.accel)
                 raise Deadlock(f"{side.name} QMP unresponsive for {timeout:g}s: {stall}\n"
                                f"{self.diagnosis()}") from None
+
+    def _check_nic(self, side: QemuProcess, timeout: float) -> None:
+        """NicBroken if ``side``'s virtio-net device is marked broken (with the virtio error
+        line of its stderr)."""
+        for device in side.qmp("x-query-virtio", timeout=timeout, diagnose=False):
+            if device.get("name") != "virtio-net":
+                continue
+            status = side.qmp("x-query-virtio-status", path=device["path"], timeout=timeout,
+                              diagnose=False)
+            if status.get("broken"):
+                lines = [line.strip() for line in side.stderr_log.read_text(
+                    errors="replace").splitlines() if "virtio:" in line]
+                raise NicBroken(f"{side.name}: virtio-net {device['path']} is broken "
+                                f"({lines[-1] if lines else 'no virtio error in its stderr'})"
+                                f": it processes no packet\n{self.diagnosis()}")
 
     def wait_checkpoints(self, count: int, timeout: float) -> list[Checkpoint]:
         """Wait for ``count`` completed checkpoints in total, checking health meanwhile."""

@@ -369,8 +369,9 @@ def build_guest(cache_dir: Path | None = None, timeout: float = 1800) -> GuestIm
 
 
 def kernel_cmdline(ip_cidr: str, port: int = AGENT_PORT, gateway: str | None = None,
-                   membuf_mib: int = 8) -> str:
-    """Kernel command line for the guest: serial console, reboot on panic, agent settings."""
+                   membuf_mib: int = 8, nic_resets: int = 0) -> str:
+    """Kernel command line for the guest: serial console, reboot on panic, agent settings;
+    ``nic_resets``: /init resets and re-probes virtio-net that often before using it."""
     if "/" not in ip_cidr:
         raise ValueError(f"ip_cidr needs a prefix length, e.g. 10.0.2.15/24: {ip_cidr!r}")
     iface = ipaddress.IPv4Interface(ip_cidr)
@@ -378,10 +379,14 @@ def kernel_cmdline(ip_cidr: str, port: int = AGENT_PORT, gateway: str | None = N
         raise ValueError(f"port out of range: {port}")
     if membuf_mib < 1:
         raise ValueError(f"membuf_mib must be >= 1: {membuf_mib}")
+    if nic_resets < 0:
+        raise ValueError(f"nic_resets must be >= 0: {nic_resets}")
     args = ["console=ttyS0", "panic=-1", "loglevel=4", f"colo.ip={iface.with_prefixlen}",
             f"colo.port={port}", f"colo.membuf={membuf_mib}"]
     if gateway is not None:
         args.append(f"colo.gw={ipaddress.IPv4Address(gateway)}")
+    if nic_resets:
+        args.append(f"colo.nicreset={nic_resets}")
     return " ".join(args)
 
 

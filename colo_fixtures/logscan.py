@@ -16,6 +16,7 @@ from colo_fixtures.verdicts import (
     GuestCrash,
     MemoryDivergence,
     MiscompareStorm,
+    NicBroken,
     QemuLogError,
     Verdict,
 )
@@ -39,6 +40,9 @@ PATTERNS: tuple[Pattern, ...] = (
     Pattern("guest memory divergence", "console", re.compile(r"MEMCHECK FAIL"),
             MemoryDivergence),
     Pattern("guest agent died", "console", re.compile(r"colo-agent: exited"), GuestCrash),
+    # QEMU marks the virtio device broken right after this line (virtio_error)
+    Pattern("virtio device error", "stderr", re.compile(r"qemu-system-\w+: virtio: "),
+            NicBroken),
     Pattern("QEMU error", "stderr", re.compile(
         r"qemu-system-\w+: (?!.*(?:warning|terminating on signal))|Assertion .* failed|"
         r"Segmentation fault|core dumped"), QemuLogError),

@@ -49,7 +49,7 @@ from colo_fixtures.inventory_lab import (
     LabHosts,
     ssh_hosts,
 )
-from colo_fixtures.known_issues import KNOWN_ISSUES, Evidence, explaining_line
+from colo_fixtures.known_issues import Evidence, covering, explaining_line
 from colo_fixtures.ledger import LEDGER_NAME, run_alive, write_entry
 from colo_fixtures.ledger import clean as clean_ledger_file
 from colo_fixtures.logscan import Finding, miscompare_storm, scan, verdict_of
@@ -403,7 +403,8 @@ def start_colo(request: pytest.FixtureRequest, colo_settings: Settings, qemu_bui
         root = lab.create()
         return lab, root, hosts.hosts, hosts.staged
 
-    def start(checkpoint_delay_ms: int | None = None, membuf_mib: int = 8) -> ColoLab:
+    def start(checkpoint_delay_ms: int | None = None, membuf_mib: int = 8,
+              nic_resets: int = 0) -> ColoLab:
         where = "namespaces" if lab_hosts is None else "SSH hosts"
         with report.step(f"provision: lab network and scratch ({where})"):
             lab, root, hosts, staged = local_lab() if lab_hosts is None else ssh_lab(lab_hosts)
@@ -414,7 +415,7 @@ def start_colo(request: pytest.FixtureRequest, colo_settings: Settings, qemu_bui
         vm = VmConfig(binary, tuple(qemu_build.firmware_args()), accel, s.guest_memory,
                       kernel, initrd,
                       kernel_cmdline(f"{topo.vm_addr}/{topo.ext_prefix}", AGENT_PORT,
-                                     membuf_mib=membuf_mib),
+                                     membuf_mib=membuf_mib, nic_resets=nic_resets),
                       topo.vm_mac, runtime_trace=s.colo_trace)
         pair = ColoPair(vm, topo, hosts, lab, root, artifacts, s.wait_timeout)
         colo = ColoLab(topo, lab, pair, artifacts, s.wait_timeout)
@@ -676,7 +677,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
         item.stash[report.FAILED_KEY] = True
     if rep.when != "call" or item.config.option.runxfail:
         return
-    issues = [issue for issue in KNOWN_ISSUES if issue.covers(item.nodeid)]
+    issues = covering(item.nodeid)
     if rep.passed:
         strict = [issue.name for issue in issues if issue.strict]
         if strict:

@@ -87,6 +87,13 @@ class ColoNotRunning(QemuError):
     category = "COLO did not start"
 
 
+class NicBroken(SutFailure):
+    """A side's virtio-net device is marked broken (a virtio_error): it processes nothing,
+    colo-compare gets no packet of it, and a takeover by it leaves the guest offline."""
+
+    category = "virtio-net device broken (NIC dead)"
+
+
 class QemuLogError(SutFailure):
     category = "QEMU error in the logs"
 

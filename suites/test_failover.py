@@ -16,6 +16,7 @@ import allure
 import pytest
 
 from colo_fixtures.consistency import compare_replicas
+from colo_fixtures.trace import read_trace
 from colo_fixtures.verdicts import ConnectionBroken, require_memory_clean
 from colo_fixtures.workload import check
 
@@ -44,19 +45,29 @@ def kill_during_checkpoint(colo, process) -> tuple[float, bool]:
     """SIGKILL ``process`` the moment its own VM stops for a checkpoint (its trace's
     run => stop), by a trigger on its host.
 
-    Returns the fault time and whether it landed inside a checkpoint of the primary's
-    trace (requested, not resumed yet).
+    Returns the fault time and whether it landed inside a checkpoint (``in_checkpoint``).
     """
+    sides = colo.pair.sides
     at = colo.faults.kill_on_trace(process, CHECKPOINT_STOP, DELAY_MS / 1000 * 3 + 10,
                                    "during a checkpoint")
-    return at, in_checkpoint(colo, at)
+    return at, in_checkpoint(colo, at, sides)
 
 
-def in_checkpoint(colo, at: float) -> bool:
-    """Whether wall time ``at`` fell inside a checkpoint of the primary's trace (requested,
-    not resumed yet)."""
+def in_checkpoint(colo, at: float, sides) -> bool:
+    """Whether wall time ``at`` fell inside a checkpoint: inside one of the primary's trace
+    (requested, not resumed yet), or while a side's own trace shows its VM stopped for one.
+    The primary traces a checkpoint request after sending it: the secondary has been seen
+    to stop for it 7 ms before that trace line, so each side's own state counts too."""
     return any(c.requested <= at and (c.resumed is None or at < c.resumed)
-               for c in colo.pair.checkpoints())
+               for c in colo.pair.checkpoints()) or any(stopped_at(side, at) for side in sides)
+
+
+def stopped_at(process, at: float) -> bool:
+    """Whether ``process``'s own trace shows its VM stopped for a checkpoint at ``at``."""
+    process.sync_logs()
+    changes = [r for r in read_trace(process.trace_log)
+               if r.name == "colo_vm_state_change" and r.timestamp <= at]
+    return bool(changes) and changes[-1].message.endswith("'run' => 'stop'")
 
 
 def kill_while_idle(colo, process) -> tuple[float, bool]:
@@ -67,8 +78,9 @@ def kill_while_idle(colo, process) -> tuple[float, bool]:
     resumed = len([c for c in pair.checkpoints() if c.resumed is not None])
     pair.wait_checkpoints(resumed + 1, timeout=DELAY_MS / 1000 * 2 + 30)
     time.sleep(IDLE_AFTER_RESUME_S)
+    sides = pair.sides
     at = colo.faults.kill(process, "while idle")
-    return at, in_checkpoint(colo, at)
+    return at, in_checkpoint(colo, at, sides)
 
 
 def fail_over(colo, victim: str, fault: str) -> dict[str, Any]:
