@@ -684,6 +684,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
             rep.outcome = "failed"
             rep.longrepr = (f"[XPASS(strict)] known issue {', '.join(strict)} no longer "
                             "happens: remove it from colo_fixtures/known_issues.py")
+            item.stash[report.FAILED_KEY] = True
         return
     if not rep.failed or call.excinfo is None:
         return
