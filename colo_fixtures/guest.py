@@ -459,6 +459,14 @@ def parse_pong(reply: str) -> int:
     return int(match.group(1))
 
 
+def parse_clock(reply: str) -> int:
+    """``CLOCK <ns>`` -> the guest's monotonic clock in ns."""
+    match = re.fullmatch(r"CLOCK (\d+)", reply)
+    if not match:
+        raise AgentError(reply)
+    return int(match.group(1))
+
+
 def parse_put(reply: str) -> int:
     """``OK <seq>`` -> seq."""
     match = re.fullmatch(r"OK (\d+)", reply)
@@ -547,6 +555,11 @@ class AgentClient:
     def ping(self) -> int:
         """The guest's uptime in ms."""
         return self._call("PING", parse_pong)
+
+    def clock_ns(self) -> int:
+        """The guest's monotonic clock in ns: a reply two replicas almost never agree on
+        (their clocks run apart by microseconds even right after a checkpoint)."""
+        return self._call("CLOCK", parse_clock)
 
     def put(self, key: str, value: str) -> int:
         """Store durably; returns the record's seq."""

@@ -101,10 +101,12 @@ def test_client_traffic_is_served_and_compared(start_colo):
     for i in range(40):
         key, value = f"k{i % 8}", f"v{i}"
         writes[key] = (agent.put(key, value), value)
-        # PING replies carry the guest's uptime, which differs between primary and
-        # secondary: colo-compare must see the difference and force a checkpoint.
+        # CLOCK replies carry the guest's clock in ns, which differs between primary and
+        # secondary (uptime in ms, as PING has it, was seen equal on both within a
+        # checkpoint's first 0.3 s): colo-compare must see the difference and force a
+        # checkpoint.
         if i % 10 == 9:
-            agent.ping()
+            agent.clock_ns()
     for key, (seq, value) in writes.items():
         if (got := agent.get(key)) != (seq, value):
             raise StaleRead(f"stale read: {key} read {got} after ({seq}, {value}) was "

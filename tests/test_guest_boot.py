@@ -32,6 +32,8 @@ def test_put_get_mem_and_heartbeat(image: GuestImage, tmp_path: Path, record_pro
         guest.wait_console(r"colo-agent: ready port=7000 disk=/dev/vda replayed=0", 1)
 
         assert c.ping() > 0
+        first = c.clock_ns()
+        assert c.clock_ns() > first > 10**9  # ns since boot, moving
         assert c.get("greeting") is None
         assert c.put("greeting", "hello-colo") == 1
         assert c.get("greeting") == (1, "hello-colo")

@@ -25,6 +25,7 @@ from colo_fixtures.guest import (
     is_static_elf,
     kernel_cmdline,
     newc_archive,
+    parse_clock,
     parse_disk_records,
     parse_fields,
     parse_get,
@@ -86,6 +87,7 @@ def test_encode_record_matches_hand_made_layout():
 
 def test_parse_replies():
     assert parse_pong("PONG 1234") == 1234
+    assert parse_clock("CLOCK 1234567890123") == 1234567890123
     assert parse_put("OK 17") == 17
     assert parse_get("VAL 3 hello") == (3, "hello")
     assert parse_get("NONE") is None
@@ -97,6 +99,7 @@ def test_parse_replies():
 
 @pytest.mark.parametrize(("parse", "reply"), [
     (parse_pong, "PONG"), (parse_pong, "PONG x"), (parse_pong, "ERR bad-request"),
+    (parse_clock, "CLOCK"), (parse_clock, "PONG 5"),
     (parse_put, "ERR full"), (parse_put, "OK"), (parse_put, "OK 1 2"),
     (parse_get, "VAL 1"), (parse_get, "VAL x y"), (parse_get, "ERR io-sync:EIO"),
     (lambda r: parse_fields(r, "MEM"), "STAT keys=1"),
@@ -169,6 +172,9 @@ def test_kernel_cmdline():
     line = kernel_cmdline("192.168.7.2/16", port=7100, gateway="192.168.0.1", membuf_mib=2)
     assert {"colo.ip=192.168.7.2/16", "colo.port=7100", "colo.gw=192.168.0.1",
             "colo.membuf=2"} <= set(line.split())
+    assert "colo.nicreset=100" in kernel_cmdline("10.0.2.15/24", nic_resets=100).split()
+    with pytest.raises(ValueError, match="nic_resets"):
+        kernel_cmdline("10.0.2.15/24", nic_resets=-1)
 
 
 @pytest.mark.parametrize("kwargs", [

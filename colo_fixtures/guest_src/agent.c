@@ -7,6 +7,7 @@
  *
  * Protocol (one request line, one reply line):
  *   PING              -> PONG <uptime_ms>
+ *   CLOCK             -> CLOCK <monotonic ns> (differs between two replicas' replies)
  *   PUT <key> <value> -> OK <seq> | ERR <reason>
  *   GET <key>         -> VAL <seq> <value> | NONE
  *   MEM               -> MEM rounds=<n> errors=<m> bytes=<size>
@@ -77,6 +78,13 @@ static void say(const char *fmt, ...)
             return;
         off += w;
     }
+}
+
+static uint64_t monotonic_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
 static uint64_t uptime_ms(void)
@@ -375,6 +383,8 @@ static void handle(char *line, char *out, size_t outsz)
     uint64_t errors = __atomic_load_n(&mem_errors, __ATOMIC_RELAXED);
     if (n == 1 && strcmp(tok[0], "PING") == 0) {
         snprintf(out, outsz, "PONG %llu", (unsigned long long)uptime_ms());
+    } else if (n == 1 && strcmp(tok[0], "CLOCK") == 0) {
+        snprintf(out, outsz, "CLOCK %llu", (unsigned long long)monotonic_ns());
     } else if (n == 3 && strcmp(tok[0], "PUT") == 0 && valid_key(tok[1]) && valid_value(tok[2])) {
         do_put(tok[1], tok[2], out, outsz);
     } else if (n == 2 && strcmp(tok[0], "GET") == 0 && valid_key(tok[1])) {
