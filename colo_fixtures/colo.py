@@ -387,18 +387,23 @@ class ColoPair:
                 raise Deadlock(f"{side.name} QMP unresponsive for {timeout:g}s: {stall}\n"
                                f"{self.diagnosis()}") from None
 
+    @staticmethod
+    def _virtio_nets(side: QemuProcess, timeout: float, diagnose: bool = True
+                     ) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Each virtio-net device of ``side``: its QOM path and ``x-query-virtio-status``."""
+        for device in side.qmp("x-query-virtio", timeout=timeout, diagnose=diagnose):
+            if device.get("name") == "virtio-net":
+                yield device["path"], side.qmp("x-query-virtio-status", path=device["path"],
+                                               timeout=timeout, diagnose=diagnose)
+
     def _check_nic(self, side: QemuProcess, timeout: float) -> None:
         """NicBroken if ``side``'s virtio-net device is marked broken (with the virtio error
         line of its stderr)."""
-        for device in side.qmp("x-query-virtio", timeout=timeout, diagnose=False):
-            if device.get("name") != "virtio-net":
-                continue
-            status = side.qmp("x-query-virtio-status", path=device["path"], timeout=timeout,
-                              diagnose=False)
+        for path, status in self._virtio_nets(side, timeout, diagnose=False):
             if status.get("broken"):
                 lines = [line.strip() for line in side.stderr_log.read_text(
                     errors="replace").splitlines() if "virtio:" in line]
-                raise NicBroken(f"{side.name}: virtio-net {device['path']} is broken "
+                raise NicBroken(f"{side.name}: virtio-net {path} is broken "
                                 f"({lines[-1] if lines else 'no virtio error in its stderr'})"
                                 f": it processes no packet\n{self.diagnosis()}")
 
@@ -606,11 +611,7 @@ class ColoPair:
         lines = []
         for side in self.sides:
             try:
-                for device in side.qmp("x-query-virtio", timeout=2):
-                    if device.get("name") != "virtio-net":
-                        continue
-                    path = device["path"]
-                    status = side.qmp("x-query-virtio-status", path=path, timeout=2)
+                for path, status in self._virtio_nets(side, timeout=2):
                     driver = (status.get("status") or {}).get("statuses", ["?"])[-1]
                     lines.append(f"{side.name} {path}: broken={status.get('broken')} "
                                  f"started={status.get('started')} "
