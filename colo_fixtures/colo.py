@@ -368,24 +368,28 @@ class ColoPair:
         happens, not when some later wait runs out; a QMP that stops answering is a
         deadlock, named where the primary's trace shows it)."""
         for side in self.sides:
-            side.sync_logs()
-            findings = scan(side.console_log, "console")
-            if findings:
-                raise findings[0].verdict(f"{side.name} guest failed: {findings[0]}\n"
-                                          f"{self.diagnosis()}")
-            if not side.alive():
-                raise QemuError(f"{side.name} died\n{self.diagnosis()}")
-            try:
-                side.qmp("query-status", timeout=timeout, diagnose=False)
-                self._check_nic(side, timeout)
-            except QmpTimeout:
-                self.primary.sync_logs()
-                records = read_trace(self.primary.trace_log)
-                messages = [m for m in map(colo_message, records) if m]
-                stall = describe_stall(checkpoints(records), messages[-1] if messages else None,
-                                       self.vm.accel)
-                raise Deadlock(f"{side.name} QMP unresponsive for {timeout:g}s: {stall}\n"
-                               f"{self.diagnosis()}") from None
+            self.check_side(side, timeout)
+
+    def check_side(self, side: QemuProcess, timeout: float = 5) -> None:
+        """``check_health`` for one QEMU: console clean, alive, QMP answering, NIC working."""
+        side.sync_logs()
+        findings = scan(side.console_log, "console")
+        if findings:
+            raise findings[0].verdict(f"{side.name} guest failed: {findings[0]}\n"
+                                      f"{self.diagnosis()}")
+        if not side.alive():
+            raise QemuError(f"{side.name} died\n{self.diagnosis()}")
+        try:
+            side.qmp("query-status", timeout=timeout, diagnose=False)
+            self._check_nic(side, timeout)
+        except QmpTimeout:
+            self.primary.sync_logs()
+            records = read_trace(self.primary.trace_log)
+            messages = [m for m in map(colo_message, records) if m]
+            stall = describe_stall(checkpoints(records), messages[-1] if messages else None,
+                                   self.vm.accel)
+            raise Deadlock(f"{side.name} QMP unresponsive for {timeout:g}s: {stall}\n"
+                           f"{self.diagnosis()}") from None
 
     @staticmethod
     def _virtio_nets(side: QemuProcess, timeout: float, diagnose: bool = True
@@ -424,7 +428,8 @@ class ColoPair:
 
     def _exit_event(self, process: QemuProcess, since: float) -> float | None:
         with contextlib.suppress(QemuError):
-            return process.wait_event("COLO_EXIT", timeout=self.timeout, since=since).timestamp
+            return process.wait_event("COLO_EXIT", timeout=self.timeout, since=since,
+                                      health=lambda: self.check_side(process)).timestamp
         return None
 
     @step("failover: the secondary takes over")
@@ -528,10 +533,12 @@ class ColoPair:
                     sync="full", target=f"nbd://{other.rep_addr}:{self.topo.ports.nbd}/parent0",
                     **{"job-id": "resync"})
         process.wait_event("BLOCK_JOB_READY", timeout=self.timeout * 5, since=since,
+                           health=self.check_health,
                            match=lambda e: e.data.get("device") == "resync")
         process.qmp("stop")
         process.qmp("block-job-cancel", device="resync")
         process.wait_event("BLOCK_JOB_COMPLETED", timeout=self.timeout, since=since,
+                           health=self.check_health,
                            match=lambda e: e.data.get("device") == "resync")
         mirror_seconds = time.monotonic() - mirror_started
         if not survivor.proxy_chardevs:

@@ -18,7 +18,8 @@ from fnmatch import fnmatchcase
 from glob import escape
 from pathlib import Path
 
-from colo_fixtures.verdicts import ClientTimeout, ConnectionBroken, SutFailure
+from colo_fixtures.trace import read_trace
+from colo_fixtures.verdicts import ConnectionBroken, SutFailure
 
 
 @dataclass(frozen=True)
@@ -26,7 +27,7 @@ class Evidence:
     """What a failed test's lab shows at the failure, gathered while the QEMUs still run.
 
     ``survivor`` is the QEMU serving the VM after a failover (None without a failover);
-    ``logs`` maps each QEMU's name to its stderr and console logs; ``virtio`` is
+    ``logs`` maps each QEMU's name to its stderr, console and trace logs; ``virtio`` is
     ``ColoPair.virtio_net_state`` text; ``tap_tx_since_failover`` the packets the survivor's
     tap carried toward the VM since the takeover (None if not measured)."""
 
@@ -147,6 +148,69 @@ def frozen_survivor_nic(ev: Evidence) -> str | None:
             f"{ev.tap_tx_since_failover} packets reached its tap since the takeover")
 
 
+_PKT = re.compile(r"^(handle_primary_tcp_pkt|handle_secondary_tcp_pkt): .* p: seq/ack=(\d+)/(\d+)")
+_OFFSET = re.compile(r"offset=(\d+)")
+WINDOW = 1 << 16  # how far a peer's sequence number may run ahead of what was acknowledged
+
+
+def _trace_of(ev: Evidence, name: str) -> Path | None:
+    return next((log for log in ev.logs.get(name, []) if log.name.endswith("-trace.log")), None)
+
+
+def rewriter_packets(path: Path, after: str = "first") -> list[tuple[str, int, int, int]]:
+    """(direction, seq, ack, offset) of every TCP packet filter-rewriter traced in ``path``
+    after the QEMU's ``first`` or ``last`` completed failover: direction "client" for
+    handle_primary_tcp_pkt (toward the guest), "guest" for handle_secondary_tcp_pkt."""
+    records = read_trace(path)
+    done = [i for i, r in enumerate(records)
+            if r.name == "colo_failover_set_state" and r.message.endswith("completed")]
+    if not done:
+        return []
+    start = done[0] if after == "first" else done[-1]
+    packets, pending = [], None
+    for record in records[start + 1:]:
+        if record.name == "colo_filter_rewriter_pkt_info":
+            match = _PKT.match(record.message)
+            pending = (("client" if match[1] == "handle_primary_tcp_pkt" else "guest",
+                        int(match[2]), int(match[3])) if match else None)
+        elif record.name == "colo_filter_rewriter_conn_offset" and pending is not None:
+            offset = _OFFSET.search(record.message)
+            if offset:
+                packets.append((*pending, int(offset[1])))
+            pending = None
+    return packets
+
+
+def rewriter_offset_not_carried(ev: Evidence) -> str | None:
+    """An earlier survivor's filter-rewriter kept translating a connection after its
+    takeover (a nonzero offset), and the survivor, a secondary started later, sends that
+    connection's guest sequence numbers untranslated (offset 0): they run ahead of what the
+    client acknowledges by that offset (within a TCP window)."""
+    if ev.survivor is None or (trace := _trace_of(ev, ev.survivor)) is None:
+        return None
+    kept = {}
+    for name in ev.logs:
+        if name != ev.survivor and (other := _trace_of(ev, name)) is not None:
+            for _, _, _, offset in rewriter_packets(other, after="first"):
+                if offset:
+                    kept.setdefault(offset, name)
+    if not kept:
+        return None
+    packets = rewriter_packets(trace, after="last")
+    acks = {ack for side, _, ack, _ in packets if side == "client" and ack}
+    for side, seq, _, offset in packets:
+        if side != "guest" or offset:
+            continue
+        for ack in acks:
+            for kept_offset, name in kept.items():
+                if 0 <= (seq - ack - kept_offset) % (1 << 32) < WINDOW or \
+                        0 <= (ack + kept_offset - seq) % (1 << 32) < WINDOW:
+                    return (f"{trace.name}: the guest sends seq {seq} at offset=0 while the "
+                            f"client acknowledges {ack}, {(seq - ack) % (1 << 32)} apart; "
+                            f"{name}-trace.log: offset {kept_offset} kept after its takeover")
+    return None
+
+
 def covered_test_only(ev: Evidence) -> str | None:
     """No evidence beyond the test and the failure's type."""
     return "the covered test and failure type"
@@ -154,47 +218,27 @@ def covered_test_only(ev: Evidence) -> str | None:
 
 # ------------------------------------------------------------------ the issues
 
-# The tests where the secondary takes over (node-id patterns: glob.escape keeps a
-# parametrization's brackets literal).
-TAKEOVER_TESTS = (
-    *map(escape, ("suites/test_failover.py::test_failover_after_kill[primary]",
-                  "suites/test_failover.py::test_failover_during_checkpoint[primary]",
-                  "suites/test_failover.py::test_failover_after_hang[primary]",
-                  "suites/test_failover.py::test_resume_replication",
-                  "suites/test_disk.py::test_survivor_disk_holds_acknowledged_writes[primary]")),
-    escape("suites/test_failover.py::test_repeated_cycles[") + "*",
-)
-
 KNOWN_ISSUES: tuple[KnownIssue, ...] = (
     KnownIssue(
         "rewriter-offset-lost-at-resume",
-        "QEMU 7.2 COLO: a TCP connection opened after the last checkpoint survives a "
-        "secondary takeover only because the survivor's filter-rewriter keeps translating "
-        "its sequence numbers (offset kept, failover mode off, net/filter-rewriter.c); that "
-        "offset is not given to the secondary started at resume, so colo-compare sees every "
-        "packet of it differ and, at the next failover onto that secondary, the connection "
-        "stalls for good. No acknowledged write is lost; new connections work",
+        "QEMU 7.2 COLO, net/filter-rewriter.c: a TCP connection opened after the last "
+        "checkpoint has a sequence offset between the two guests, which "
+        "handle_secondary_tcp_pkt()/handle_primary_tcp_pkt() learn only from its SYN/SYN-ACK "
+        "handshake. At a secondary takeover colo_rewriter_handle_event(COLO_EVENT_FAILOVER) "
+        "keeps failover mode off while any offset is nonzero, so the survivor's rewriter "
+        "translates that connection for good; its connection_track_table is no migration "
+        "state, so the secondary started at resume tracks the connection with offset 0. At "
+        "the next takeover by that secondary its guest's sequence numbers reach the client "
+        "untranslated and the connection stalls. No acknowledged write is lost; new "
+        "connections work",
         since="2026-11-28",
         tests=(escape("suites/test_failover.py::test_repeated_cycles[opened-since-checkpoint]"),),
         excuses=(ConnectionBroken,),
-        evidence=covered_test_only, evidence_text="the covered test and failure type",
+        evidence=rewriter_offset_not_carried,
+        evidence_text="the survivor's guest sends sequence numbers at offset 0 that run "
+                      "ahead of the client's acks by the offset an earlier survivor kept "
+                      "(trace: colo_filter_rewriter_pkt_info/conn_offset)",
         strict=True,
-    ),
-    KnownIssue(
-        "frozen-nic-after-takeover",
-        "QEMU 7.2 COLO under TCG: after a takeover the survivor's virtio-net queues stay as "
-        "they were at its last checkpoint (signalled-used=0 on every queue while used > 0, "
-        "TX buffers available and never processed), so its guest never answers the client "
-        "although the client's packets reach its tap. Most cases were the secondary's NIC "
-        "broken by virtio_load() keeping a live queue's indexes (hw/virtio/virtio.c, fixed "
-        "by patches/qemu-7.2/0003, test_nic_reset_across_checkpoints); a variant with the "
-        "device not marked broken was seen once in 32 starts with 0003 (2026-12-02), its "
-        "cause still open (candidates: a guest kick or virtio-net's tx_waiting lost across "
-        "the secondary's checkpoint load)",
-        since="2026-11-29",
-        tests=TAKEOVER_TESTS, excuses=(ClientTimeout,),
-        evidence=frozen_survivor_nic,
-        evidence_text="the survivor's queues frozen, TX pending, client packets on its tap",
     ),
 )
 

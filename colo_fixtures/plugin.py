@@ -732,12 +732,14 @@ def _gather_evidence(item: pytest.Item, folder: Path | None) -> Evidence:
     virtio = ""
     with contextlib.suppress(Exception):
         virtio = pair.virtio_net_state()
-    if folder is not None and virtio:
-        (folder / "virtio.txt").write_text(virtio + "\n")
     tap = None
     with contextlib.suppress(Exception):
         tap = pair.tap_tx_since_takeover()
-    logs = {process.name: [process.stderr_log, process.console_log]
+    if folder is not None and (virtio or tap is not None):
+        taps = (f"{survivor}'s tap: {tap} packets toward the VM since the takeover\n"
+                if tap is not None else "")
+        (folder / "virtio.txt").write_text(virtio + "\n" + taps)
+    logs = {process.name: [process.stderr_log, process.console_log, process.trace_log]
             for process in pair.processes}
     for process in pair.processes:
         with contextlib.suppress(Exception):

@@ -278,8 +278,9 @@ class QemuProcess:
 
     def wait_event(self, name: str, timeout: float,
                    match: Callable[[QmpEvent], bool] = lambda e: True,
-                   since: float = 0.0) -> QmpEvent:
-        """First event ``name`` (with timestamp >= ``since``) satisfying ``match``, or QemuError."""
+                   since: float = 0.0, health: Callable[[], None] | None = None) -> QmpEvent:
+        """First event ``name`` (with timestamp >= ``since``) satisfying ``match``, or QemuError;
+        ``health`` runs while it waits (the pair's health check, raising its own verdict)."""
         seen = 0
 
         def arrived() -> QmpEvent | None:
@@ -294,7 +295,7 @@ class QemuProcess:
             self.poll_events(wait=0.2)
             return None
 
-        return wait_for(f"{self.name}: a {name} event", arrived, timeout,
+        return wait_for(f"{self.name}: a {name} event", arrived, timeout, health=health,
                         diagnosis=self.diagnosis, interval=0)
 
     def console_has(self, text: str) -> bool:

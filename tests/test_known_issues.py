@@ -12,13 +12,13 @@ import pytest
 from colo_fixtures import verdicts
 from colo_fixtures.known_issues import (
     KNOWN_ISSUES,
-    TAKEOVER_TESTS,
     Evidence,
     KnownIssue,
     covered_test_only,
     explaining_line,
     frozen_survivor_nic,
     on_survivor_log,
+    rewriter_offset_not_carried,
     virtio_queues,
 )
 from colo_fixtures.verdicts import ClientTimeout, ColoViolation, LostWrite, SutFailure
@@ -28,8 +28,14 @@ VIOLATIONS = sorted(cls.__name__ for cls in verdicts.verdict_types()
                     if issubclass(cls, ColoViolation))
 BROKEN_NIC = ("2026-11-28T21:51:35.998773Z qemu-system-x86_64: virtio: zero sized buffers "
               "are not allowed\n")
-# A log-line issue for the tests (no live entry is one since 0003 fixed the virtio line);
-# the stand-in test module adds the same one to the plugin's list.
+# The stand-in test module covers what a takeover test is (any parametrization).
+TAKEOVER_TESTS = ("suites/test_failover.py::test_repeated_cycles[*",)
+# A log-line issue and a NIC-state issue for the tests (no live entry is either since 0003
+# fixed the virtio bug); the stand-in test module adds the same ones to the plugin's list.
+FROZEN_ISSUE_ARGS = dict(
+    name="standin-frozen-nic", reason="a stand-in NIC-state issue: " + "x" * 80,
+    since="2026-12-02", evidence_text="the survivor's queues frozen, TX pending, packets on "
+                                      "its tap")
 LINE_ISSUE_ARGS = dict(
     name="standin-virtio-line", reason="a stand-in log-line issue: " + "x" * 80,
     since="2026-12-02", excuses=(ClientTimeout,),
@@ -43,6 +49,24 @@ secondary /machine/peripheral/e0/virtio-backend: broken=False started=True vm-ru
   queue 0 rx: inuse=0 last-avail=26 shadow-avail=256 used=26 signalled-used=0 avail=256
   queue 1 tx: inuse=0 last-avail=28 shadow-avail=31 used=28 signalled-used=0 avail=31
   queue 2 ctrl: inuse=0 last-avail=9 shadow-avail=9 used=9 signalled-used=0
+"""
+# What the rewriter-offset issue's evidence looks like (trace lines of a CI run, 2026-12-02):
+# the earlier survivor kept offset 1434413 after its takeover; the last survivor's guest
+# sends its own sequence numbers (offset 0), 1434402 ahead of what the client acknowledges.
+KEPT_OFFSET = """\
+10582@1796200436.959479:colo_failover_set_state new state completed
+10582@1796200437.155871:colo_filter_rewriter_pkt_info handle_primary_tcp_pkt: src/dst: \
+192.168.100.1/192.168.100.1 p: seq/ack=4171538915/294322933  flags=0x18
+10582@1796200437.155891:colo_filter_rewriter_conn_offset : offset=1434413
+"""
+UNTRANSLATED = """\
+10648@1796200452.777006:colo_failover_set_state new state completed
+10648@1796200453.787983:colo_filter_rewriter_pkt_info handle_primary_tcp_pkt: src/dst: \
+192.168.100.1/192.168.100.1 p: seq/ack=4171539251/294323238  flags=0x18
+10648@1796200453.787991:colo_filter_rewriter_conn_offset : offset=0
+10648@1796200454.667910:colo_filter_rewriter_pkt_info handle_secondary_tcp_pkt: src/dst: \
+192.168.100.10/192.168.100.10 p: seq/ack=295757640/4171539251  flags=0x18
+10648@1796200454.667935:colo_filter_rewriter_conn_offset : offset=0
 """
 HEALTHY = """\
 primary /machine/peripheral/e0/virtio-backend: broken=False started=True vm-running=True status=ok
@@ -116,6 +140,32 @@ def test_the_frozen_nic_needs_every_piece_of_its_evidence_on_the_survivor():
     assert frozen_survivor_nic(Evidence()) is None
 
 
+def rewriter_evidence(tmp_path: Path, earlier: str, survivor: str) -> Evidence:
+    logs = {}
+    for name, text in (("secondary", earlier), ("secondary3", survivor)):
+        (tmp_path / f"{name}-trace.log").write_text(text)
+        logs[name] = [tmp_path / f"{name}-stderr.log", tmp_path / f"{name}-trace.log"]
+    return Evidence(survivor="secondary3", logs=logs)
+
+
+def test_the_rewriter_offset_issue_needs_the_offset_kept_and_then_missing(tmp_path: Path):
+    found = rewriter_offset_not_carried(rewriter_evidence(tmp_path, KEPT_OFFSET, UNTRANSLATED))
+    assert found == ("secondary3-trace.log: the guest sends seq 295757640 at offset=0 while "
+                     "the client acknowledges 294323238, 1434402 apart; secondary-trace.log: "
+                     "offset 1434413 kept after its takeover")
+    # no earlier survivor translated anything after its takeover
+    before_takeover = "".join(KEPT_OFFSET.splitlines(True)[1:]) + KEPT_OFFSET.splitlines()[0]
+    assert rewriter_offset_not_carried(rewriter_evidence(tmp_path, before_takeover,
+                                                         UNTRANSLATED)) is None
+    # the survivor translates the connection too: whatever broke it, not this issue
+    carried = UNTRANSLATED.replace("offset=0", "offset=1434413")
+    assert rewriter_offset_not_carried(rewriter_evidence(tmp_path, KEPT_OFFSET, carried)) is None
+    # the guest's sequence numbers match the client's acks: the connection is in step
+    in_step = UNTRANSLATED.replace("seq/ack=295757640/", "seq/ack=294323238/")
+    assert rewriter_offset_not_carried(rewriter_evidence(tmp_path, KEPT_OFFSET, in_step)) is None
+    assert rewriter_offset_not_carried(Evidence()) is None
+
+
 # ------------------------------------------------------------ the plugin, end to end
 
 STANDIN = '''
@@ -123,12 +173,18 @@ import pytest
 from colo_fixtures import known_issues, verdicts
 from colo_fixtures.plugin import STARTED_KEY
 
-known_issues.KNOWN_ISSUES += (known_issues.KnownIssue(
-    tests=known_issues.TAKEOVER_TESTS,
-    evidence=known_issues.on_survivor_log(r"virtio: zero sized buffers"),
-    **{{**{LINE_ARGS}, "excuses": (verdicts.ClientTimeout,)}}),)
+known_issues.KNOWN_ISSUES += (
+    known_issues.KnownIssue(
+        tests={TAKEOVER_TESTS!r}, evidence=known_issues.frozen_survivor_nic,
+        **{{**{FROZEN_ARGS}, "excuses": (verdicts.ClientTimeout,)}}),
+    known_issues.KnownIssue(
+        tests={TAKEOVER_TESTS!r},
+        evidence=known_issues.on_survivor_log(r"virtio: zero sized buffers"),
+        **{{**{LINE_ARGS}, "excuses": (verdicts.ClientTimeout,)}}),
+)
 
 CASES = {CASES!r}
+TRACED = True  # the rewriter-offset evidence in the traces
 
 
 class Process:
@@ -136,6 +192,7 @@ class Process:
         self.name = name
         self.stderr_log = folder / f"{{name}}-stderr.log"
         self.console_log = folder / f"{{name}}-console.log"
+        self.trace_log = folder / f"{{name}}-trace.log"
 
     def sync_logs(self):
         pass
@@ -174,6 +231,9 @@ def raise_(name):
 def standin(request, artifacts):
     name, phase, tap = CASES[request.node.callspec.id]
     (artifacts / "secondary-stderr.log").write_text({BROKEN_NIC!r})
+    if TRACED:
+        (artifacts / "primary-trace.log").write_text({KEPT_OFFSET!r})
+        (artifacts / "secondary-trace.log").write_text({UNTRANSLATED!r})
     request.node.stash[STARTED_KEY] = [Lab(Pair(artifacts, tap))]
     if phase == "setup":
         raise_(name)
@@ -193,14 +253,17 @@ def test_repeated_cycles(standin, case):
 def standin(cases: dict[str, tuple[str, str, int]], template: str = STANDIN) -> str:
     args = {k: v for k, v in LINE_ISSUE_ARGS.items() if k != "excuses"}
     return template.format(CASES=cases, HEALTHY=HEALTHY, FROZEN=FROZEN, BROKEN_NIC=BROKEN_NIC,
-                           LINE_ARGS=repr(args))
+                           LINE_ARGS=repr(args), FROZEN_ARGS=repr(FROZEN_ISSUE_ARGS),
+                           TAKEOVER_TESTS=TAKEOVER_TESTS, KEPT_OFFSET=KEPT_OFFSET,
+                           UNTRANSLATED=UNTRANSLATED)
 
 
-def run_standin(tmp_path: Path, cases: dict[str, tuple[str, str, int]],
-                *args: str) -> dict[str, set[str]]:
-    """Run the stand-in test with the real plugin; the outcome words of each case."""
+def run_standin(tmp_path: Path, cases: dict[str, tuple[str, str, int]], *args: str,
+                template: str = STANDIN) -> dict[str, set[str]]:
+    """Run the stand-in test with the real plugin; the outcome words of each case (and
+    ``_stdout``, the run's output, and ``_rc``, its exit code)."""
     (tmp_path / "suites").mkdir(exist_ok=True)
-    (tmp_path / "suites" / "test_failover.py").write_text(standin(cases))
+    (tmp_path / "suites" / "test_failover.py").write_text(standin(cases, template))
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "suites/test_failover.py", "-rA", "-p",
          "no:cacheprovider", "--report-dir", str(tmp_path / "reports"),
@@ -213,6 +276,7 @@ def run_standin(tmp_path: Path, cases: dict[str, tuple[str, str, int]],
             if rest.startswith(f"suites/test_failover.py::test_repeated_cycles[{case}]"):
                 outcomes[case].add(word)
     outcomes["_stdout"] = {result.stdout}
+    outcomes["_rc"] = {str(result.returncode)}
     return outcomes
 
 
@@ -224,6 +288,7 @@ def test_no_colo_violation_is_excused_in_any_phase(tmp_path: Path):
              for phase in ("call", "setup", "teardown")}
     outcomes = run_standin(tmp_path, cases)
     out = outcomes.pop("_stdout").pop()
+    outcomes.pop("_rc")
     for case, words in outcomes.items():
         want = "FAILED" if case.endswith("-call") else "ERROR"
         assert want in words and "XFAIL" not in words, (case, words, out)
@@ -243,7 +308,7 @@ def test_a_sut_failure_is_excused_only_in_call_and_only_with_its_evidence(tmp_pa
     out = outcomes.pop("_stdout").pop()
     assert outcomes["timeout-call"] == {"XFAIL"}, out
     assert "known issue standin-virtio-line (secondary-stderr.log:1)" in out
-    assert "known issue frozen-nic-after-takeover (virtio.txt: secondary" in out
+    assert "known issue standin-frozen-nic (virtio.txt: secondary" in out
     assert outcomes["timeout-setup"] == {"ERROR"}, out
     assert "ERROR" in outcomes["timeout-teardown"], out
     assert outcomes["qemu-error-call"] == {"FAILED"}, out
@@ -252,7 +317,7 @@ def test_a_sut_failure_is_excused_only_in_call_and_only_with_its_evidence(tmp_pa
     # the frozen NIC (all its evidence) excuses the first; the log line the one whose
     # client packets never reached the tap (a broken device explains that too)
     assert outcomes["timeout-no-packets"] == {"XFAIL"}, out
-    assert "frozen-nic-after-takeover: excused 1 failure(s)" in out, out
+    assert "standin-frozen-nic: excused 1 failure(s)" in out, out
     assert "standin-virtio-line: excused 1 failure(s)" in out, out
 
 
@@ -262,19 +327,13 @@ def test_the_frozen_nic_without_client_packets_on_the_tap_is_a_failure(tmp_path:
     cases = {"frozen-with-packets": ("ClientTimeout", "call", 12),
              "frozen-no-packets": ("ClientTimeout", "call", 0)}
     template = STANDIN.replace("(artifacts / \"secondary-stderr.log\").write_text", "len")
-    (tmp_path / "suites").mkdir()
-    (tmp_path / "suites" / "test_failover.py").write_text(standin(cases, template))
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "suites/test_failover.py", "-rA", "-p",
-         "no:cacheprovider", "--report-dir", str(tmp_path / "reports"),
-         "--rootdir", str(tmp_path)],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    out = result.stdout
-    assert "XFAIL suites/test_failover.py::test_repeated_cycles[frozen-with-packets]" in out
-    assert "known issue frozen-nic-after-takeover (virtio.txt: secondary" in out
-    assert "FAILED suites/test_failover.py::test_repeated_cycles[frozen-no-packets]" in out
-    assert "frozen-nic-after-takeover: its evidence is missing" in out
-    assert result.returncode == 1
+    outcomes = run_standin(tmp_path, cases, template=template)
+    out = outcomes["_stdout"].pop()
+    assert outcomes["frozen-with-packets"] == {"XFAIL"}, out
+    assert "known issue standin-frozen-nic (virtio.txt: secondary" in out
+    assert outcomes["frozen-no-packets"] == {"FAILED"}, out
+    assert "standin-frozen-nic: its evidence is missing" in out
+    assert outcomes["_rc"] == {"1"}
 
 
 def test_runxfail_excuses_nothing(tmp_path: Path):
@@ -293,7 +352,16 @@ def test_a_strict_node_id_issue_fails_the_run_when_its_test_passes(tmp_path: Pat
     assert outcomes["opened-since-checkpoint"] == {"FAILED"}, out
     assert f"[XPASS(strict)] known issue {issue.name} no longer happens" in out
     cases = {"opened-since-checkpoint": ("ConnectionBroken", "call", 0)}
-    assert run_standin(tmp_path, cases)["opened-since-checkpoint"] == {"XFAIL"}
+    outcomes = run_standin(tmp_path, cases)
+    out = outcomes["_stdout"].pop()
+    assert outcomes["opened-since-checkpoint"] == {"XFAIL"}, out
+    assert f"known issue {issue.name} (secondary-trace.log: the guest sends seq" in out
+    # without the trace evidence the broken connection is a failure, not this issue
+    untraced = STANDIN.replace("TRACED = True", "TRACED = False")
+    outcomes = run_standin(tmp_path, cases, template=untraced)
+    out = outcomes["_stdout"].pop()
+    assert outcomes["opened-since-checkpoint"] == {"FAILED"}, out
+    assert f"{issue.name}: its evidence is missing" in out
 
 
 def test_a_verdict_type_not_named_by_the_issue_is_reported_with_the_reason(tmp_path: Path):
