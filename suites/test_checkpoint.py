@@ -13,8 +13,8 @@ import time
 import allure
 import pytest
 
-from colo_fixtures.trace import intervals, percentile
-from colo_fixtures.verdicts import MemoryDivergence, StaleRead, require_memory_clean
+from colo_fixtures.core.verdicts import MemoryDivergence, StaleRead, require_memory_clean
+from colo_fixtures.sut.trace import intervals, percentile
 
 pytestmark = [pytest.mark.colo, pytest.mark.checkpoint, allure.epic("COLO"),
               allure.feature("checkpoint")]

@@ -12,10 +12,10 @@ from __future__ import annotations
 import allure
 import pytest
 
-from colo_fixtures.consistency import compare_replicas, survivor_log
-from colo_fixtures.guest import disk_store
-from colo_fixtures.verdicts import LostWrite, require_memory_clean
-from colo_fixtures.workload import check
+from colo_fixtures.core.verdicts import LostWrite, require_memory_clean
+from colo_fixtures.evidence.consistency import compare_replicas, survivor_log
+from colo_fixtures.sut.guest import disk_store
+from colo_fixtures.workload.client import check
 
 pytestmark = [pytest.mark.colo, pytest.mark.disk, allure.epic("COLO"), allure.feature("disk")]
 

@@ -15,10 +15,10 @@ from typing import Any
 import allure
 import pytest
 
-from colo_fixtures.consistency import compare_replicas
-from colo_fixtures.trace import read_trace
-from colo_fixtures.verdicts import ConnectionBroken, require_memory_clean
-from colo_fixtures.workload import check
+from colo_fixtures.core.verdicts import ConnectionBroken, require_memory_clean
+from colo_fixtures.evidence.consistency import compare_replicas
+from colo_fixtures.sut.trace import read_trace
+from colo_fixtures.workload.client import check
 
 pytestmark = [pytest.mark.colo, pytest.mark.failover, allure.epic("COLO"),
               allure.feature("failover")]

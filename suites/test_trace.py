@@ -18,12 +18,12 @@ from pathlib import Path
 import allure
 import pytest
 
-from colo_fixtures.colo import VmConfig, machine_argv
-from colo_fixtures.disks import scratch_root
-from colo_fixtures.guest import AGENT_PORT, kernel_cmdline
-from colo_fixtures.preflight import rdma_address
-from colo_fixtures.qemu import QemuError, QemuProcess
-from colo_fixtures.trace import check_protocol, check_rdma_migration, read_trace
+from colo_fixtures.sut.colo_pair import VmConfig, machine_argv
+from colo_fixtures.sut.disks import scratch_root
+from colo_fixtures.sut.guest import AGENT_PORT, kernel_cmdline
+from colo_fixtures.sut.preflight import rdma_address
+from colo_fixtures.sut.qemu import QemuError, QemuProcess
+from colo_fixtures.sut.trace import check_protocol, check_rdma_migration, read_trace
 
 pytestmark = [pytest.mark.colo, pytest.mark.trace, allure.epic("COLO"), allure.feature("trace")]
 

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from colo_fixtures.ledger import proc_stat
-from colo_fixtures.net import ns_exec_argv
-from colo_fixtures.topology import HostSpec
+from colo_fixtures.lab.ledger import proc_stat
+from colo_fixtures.lab.net import ns_exec_argv
+from colo_fixtures.lab.topology import HostSpec
 
 SSHD = Path("/usr/sbin/sshd")
 PRIVSEP_DIR = Path("/run/sshd")  # sshd refuses to start without it

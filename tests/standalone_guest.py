@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from colo_fixtures.guest import AGENT_PORT, AgentClient, AgentError, GuestImage, kernel_cmdline
-from colo_fixtures.qemu import tail
+from colo_fixtures.sut.guest import AGENT_PORT, AgentClient, AgentError, GuestImage, kernel_cmdline
+from colo_fixtures.sut.qemu import tail
 
 QEMU = "qemu-system-x86_64"
 BOOT_TIMEOUT = 90.0  # TCG on a busy 2-core host; a quiet host boots in a few seconds

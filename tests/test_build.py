@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from colo_fixtures.build import (
+from colo_fixtures.sut.build import (
     BuildError,
     apply_patches,
     first_error,
     patch_series,
     probe_capabilities,
 )
-from colo_fixtures.cache import CacheError, cached_build, file_lock, hash_parts, hash_tree
+from colo_fixtures.sut.cache import CacheError, cached_build, file_lock, hash_parts, hash_tree
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from colo_fixtures.colo import VmConfig, primary_argv, proxy_objects, secondary_argv
-from colo_fixtures.disks import SecondaryDisks
-from colo_fixtures.topology import local_topology
+from colo_fixtures.lab.topology import local_topology
+from colo_fixtures.sut.colo_pair import VmConfig, primary_argv, proxy_objects, secondary_argv
+from colo_fixtures.sut.disks import SecondaryDisks
 
 VM = VmConfig(Path("/opt/qemu"), ("-L", "/usr/share/qemu"), "tcg", 256, Path("/g/vmlinuz"),
               Path("/g/initrd"), "console=ttyS0 colo.ip=192.168.100.10/24", "52:a4:00:12:78:66")
@@ -81,7 +81,7 @@ def test_roles_swap_hosts_after_failover():
 
 
 def test_scratch_goes_to_tmpfs_only_when_it_has_room(tmp_path: Path):
-    from colo_fixtures.disks import scratch_root
+    from colo_fixtures.sut.disks import scratch_root
 
     assert scratch_root(tmp_path) == tmp_path  # writable, with room
     assert scratch_root(tmp_path / "missing") == Path("/tmp")

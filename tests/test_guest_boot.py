@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from standalone_guest import BOOT_TIMEOUT, booted, make_disk, requires_qemu, start_qemu
 
-from colo_fixtures.guest import (
+from colo_fixtures.sut.guest import (
     AgentError,
     GuestImage,
     KvRecord,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from colo_fixtures.guest import (
+from colo_fixtures.sut.guest import (
     SRC_DIR,
     AgentClient,
     AgentError,

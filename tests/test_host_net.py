@@ -14,12 +14,12 @@ from pyroute2 import IPRoute
 from pyroute2 import netns as pr_netns
 from sshd_lab import keygen, privsep_dir, public_key, requires_sshd, start_sshd
 
-from colo_fixtures.host_net import HostNetwork
-from colo_fixtures.hosts import CommandError, Host, LocalNamespaceHost
-from colo_fixtures.hosts.ssh import SshHost
-from colo_fixtures.inventory import SshTarget
-from colo_fixtures.net import connect_in_ns
-from colo_fixtures.topology import HostSpec, local_topology
+from colo_fixtures.config.inventory import SshTarget
+from colo_fixtures.lab.hosts import CommandError, Host, LocalNamespaceHost
+from colo_fixtures.lab.hosts.ssh import SshHost
+from colo_fixtures.lab.net import connect_in_ns
+from colo_fixtures.lab.topology import HostSpec, local_topology
+from colo_fixtures.lab.vm_network import HostNetwork
 
 pytestmark = requires_sshd
 

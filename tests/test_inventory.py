@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from colo_fixtures.inventory import InventoryError, SshTarget, load_inventory
+from colo_fixtures.config.inventory import InventoryError, SshTarget, load_inventory
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "tools" / "inventory.example.toml"

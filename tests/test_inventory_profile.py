@@ -14,13 +14,13 @@ from lab_machines import machine_lab
 from pyroute2 import IPRoute
 from sshd_lab import requires_sshd
 
-from colo_fixtures.hosts.ssh import SshHost
-from colo_fixtures.inventory import load_inventory
-from colo_fixtures.inventory_lab import InventoryLab, InventoryLabError, LabHosts, ssh_hosts
-from colo_fixtures.ledger import is_gone
-from colo_fixtures.net import connect_in_ns, ns_exec_argv, read_ledger
-from colo_fixtures.settings import Settings
-from colo_fixtures.topology import inventory_topology
+from colo_fixtures.config.inventory import load_inventory
+from colo_fixtures.config.settings import Settings
+from colo_fixtures.lab.hosts.ssh import SshHost
+from colo_fixtures.lab.inventory_lab import InventoryLab, InventoryLabError, LabHosts, ssh_hosts
+from colo_fixtures.lab.ledger import is_gone, read_ledger
+from colo_fixtures.lab.net import connect_in_ns, ns_exec_argv
+from colo_fixtures.lab.topology import inventory_topology
 
 ROOT = Path(__file__).resolve().parent.parent
 SUITES = os.environ.get("COLO_TEST_INVENTORY_SUITES", "suites/test_checkpoint.py "
@@ -105,10 +105,10 @@ def links(ns: str) -> dict[str, int | None]:
 KILLED_RUN = """
 import sys, time
 from pathlib import Path
-from colo_fixtures.inventory import load_inventory
-from colo_fixtures.inventory_lab import InventoryLab, LabHosts, ssh_hosts
-from colo_fixtures.ledger import write_entry
-from colo_fixtures.topology import inventory_topology
+from colo_fixtures.config.inventory import load_inventory
+from colo_fixtures.lab.inventory_lab import InventoryLab, LabHosts, ssh_hosts
+from colo_fixtures.lab.ledger import write_entry
+from colo_fixtures.lab.topology import inventory_topology
 inventory = load_inventory(Path(sys.argv[1]))
 hosts = LabHosts(inventory, inventory_topology(inventory), ssh_hosts(inventory, False, None))
 hosts.check([])

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from colo_fixtures.ledger import LEDGER_NAME, is_gone, start_ticks
-from colo_fixtures.net import netns_exists, read_ledger
+from colo_fixtures.lab.ledger import LEDGER_NAME, is_gone, read_ledger, start_ticks
+from colo_fixtures.lab.net import netns_exists
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST = "suites/test_checkpoint.py::test_colo_running_on_both_sides"

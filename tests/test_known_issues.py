@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from colo_fixtures import verdicts
-from colo_fixtures.known_issues import (
+from colo_fixtures.core import verdicts
+from colo_fixtures.core.verdicts import ClientTimeout, ColoViolation, LostWrite, SutFailure
+from colo_fixtures.evidence.known_issues import (
     KNOWN_ISSUES,
     Evidence,
     KnownIssue,
@@ -20,7 +21,6 @@ from colo_fixtures.known_issues import (
     rewriter_offset_not_carried,
     virtio_queues,
 )
-from colo_fixtures.verdicts import ClientTimeout, ColoViolation, LostWrite, SutFailure
 
 ROOT = Path(__file__).resolve().parent.parent
 VIOLATIONS = sorted(cls.__name__ for cls in verdicts.verdict_types()
@@ -101,7 +101,7 @@ def test_known_log_lines_are_recognised_and_others_are_not():
 
 def test_the_virtio_error_line_is_a_broken_nic(tmp_path: Path):
     """What 0003 fixed, should it come back: the analyzer names it NicBroken."""
-    from colo_fixtures.logscan import scan, verdict_of
+    from colo_fixtures.sut.logscan import scan, verdict_of
 
     log = tmp_path / "secondary-stderr.log"
     log.write_text(BROKEN_NIC)
@@ -169,7 +169,8 @@ def test_the_rewriter_offset_issue_needs_the_offset_kept_and_then_missing(tmp_pa
 
 STANDIN = '''
 import pytest
-from colo_fixtures import known_issues, verdicts
+from colo_fixtures.core import verdicts
+from colo_fixtures.evidence import known_issues
 from colo_fixtures.plugin import STARTED_KEY
 
 known_issues.KNOWN_ISSUES += (

@@ -17,19 +17,19 @@ from pathlib import Path
 import pytest
 from pyroute2 import IPRoute, netns
 
-from colo_fixtures.net import (
+from colo_fixtures.lab.janitor import clean as clean_ledger
+from colo_fixtures.lab.ledger import read_ledger
+from colo_fixtures.lab.net import (
     INGRESS,
     LabError,
     LocalLab,
     call_in_ns,
-    clean_ledger,
     connect_in_ns,
     netns_exists,
     ns_exec_argv,
     ns_socket,
-    read_ledger,
 )
-from colo_fixtures.topology import HostSpec, Topology, local_topology
+from colo_fixtures.lab.topology import HostSpec, Topology, local_topology
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or not os.path.exists("/dev/net/tun"),

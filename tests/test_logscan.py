@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from colo_fixtures.categories import categorise, exception_message
-from colo_fixtures.logscan import line_time, miscompare_storm, scan, verdict_of
-from colo_fixtures.verdicts import MiscompareStorm
+from colo_fixtures.core.verdicts import MiscompareStorm
+from colo_fixtures.report.categories import categorise, exception_message
+from colo_fixtures.sut.logscan import line_time, miscompare_storm, scan, verdict_of
 
 CONSOLE = """\
 [    1.0] Linux version 6.1.0

@@ -6,7 +6,7 @@ import json
 import os
 from pathlib import Path
 
-from colo_fixtures.metrics import RUN_PLOT, collect, regressions, summarise, write_run
+from colo_fixtures.report.metrics import RUN_PLOT, collect, regressions, summarise, write_run
 
 
 def figures(folder: Path, files: dict[str, dict]) -> None:

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from colo_fixtures.categories import categorise
-from colo_fixtures.metrics import METRICS_NAME, RUN_PLOT, Regression
-from colo_fixtures.nightly import (
+from colo_fixtures.report.categories import categorise
+from colo_fixtures.report.metrics import METRICS_NAME, RUN_PLOT, Regression
+from colo_fixtures.report.nightly import (
     EXIT_REGRESSION,
     Night,
     previous_metrics,
@@ -111,8 +111,8 @@ def test_two_nights_show_a_trend_and_a_slower_link_is_a_regression(tmp_path: Pat
 def test_exit_codes_say_what_happened(tmp_path: Path, pytest_rc, report, regressed, code,
                                       word):
     """pytest's internal error (its exit 3) is never reported as a regression (ours is 3)."""
-    from colo_fixtures.allure_html import Report
-    from colo_fixtures.nightly import Night, summary
+    from colo_fixtures.report.html import Report
+    from colo_fixtures.report.nightly import Night, summary
 
     night = Night(tmp_path, pytest_rc=pytest_rc,
                   report=Report(tmp_path, tmp_path, []) if report else None,

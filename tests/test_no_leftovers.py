@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pyroute2 import netns
 
-from colo_fixtures.ledger import start_ticks
+from colo_fixtures.lab.ledger import start_ticks
 
 ROOT = Path(__file__).resolve().parent.parent
 

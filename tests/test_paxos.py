@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from colo_fixtures.paxos import check_group, parse_dare_log
+from colo_fixtures.sut.vmft.paxos import check_group, parse_dare_log
 
 PRIMARY = """\
 >> Connection establish <<

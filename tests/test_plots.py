@@ -5,9 +5,9 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
-from colo_fixtures.plots import checkpoint_timeline, client_latency, pause_histogram
-from colo_fixtures.trace import Checkpoint
-from colo_fixtures.workload import History
+from colo_fixtures.report.plots import checkpoint_timeline, client_latency, pause_histogram
+from colo_fixtures.sut.trace import Checkpoint
+from colo_fixtures.workload.client import History
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from colo_fixtures.preflight import (
+from colo_fixtures.sut.preflight import (
     HEADERS,
     Check,
     Preflight,

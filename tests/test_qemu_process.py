@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from colo_fixtures.accel import choose_accel, probe_kvm
-from colo_fixtures.build import QemuBuild
-from colo_fixtures.qemu import QemuError, QemuProcess, stop_all
+from colo_fixtures.sut.accel import choose_accel, probe_kvm
+from colo_fixtures.sut.build import QemuBuild
+from colo_fixtures.sut.qemu import QemuError, QemuProcess, stop_all
 
 QEMU = Path("/usr/bin/qemu-system-x86_64")
 pytestmark = pytest.mark.skipif(not QEMU.exists(), reason="Debian's qemu-system-x86 missing")
@@ -124,7 +124,7 @@ def test_dead_qemu_is_reported_not_waited_for(tmp_path: Path):
 
 
 def test_auto_accel_falls_back_to_tcg_with_a_reason(tmp_path: Path):
-    from colo_fixtures.guest import build_guest
+    from colo_fixtures.sut.guest import build_guest
 
     kernel = build_guest().kernel
     qemu = QemuBuild(QEMU, "debian")

@@ -17,21 +17,21 @@ from pathlib import Path
 
 import pytest
 
-from colo_fixtures import report
-from colo_fixtures.allure_html import ALLURE, ReportError, generate, load_results
-from colo_fixtures.categories import (
+from colo_fixtures.core.verdicts import ClientTimeout, Deadlock
+from colo_fixtures.lab.topology import Ports
+from colo_fixtures.plugin import EVIDENCE_TITLE
+from colo_fixtures.report import allure_glue as report
+from colo_fixtures.report.categories import (
     CATEGORIES,
     categorise,
     exception_message,
     write_categories,
 )
-from colo_fixtures.colo import describe_stall
-from colo_fixtures.logscan import scan, verdict_of
-from colo_fixtures.plugin import EVIDENCE_TITLE
-from colo_fixtures.topology import Ports
-from colo_fixtures.trace import Checkpoint
-from colo_fixtures.verdicts import ClientTimeout, Deadlock
-from colo_fixtures.workload import History, check
+from colo_fixtures.report.html import ALLURE, ReportError, generate, load_results
+from colo_fixtures.sut.colo_pair import describe_stall
+from colo_fixtures.sut.logscan import scan, verdict_of
+from colo_fixtures.sut.trace import Checkpoint
+from colo_fixtures.workload.client import History, check
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = Path("/usr/bin/chromium")
@@ -52,7 +52,7 @@ def test_every_verdict_type_of_the_package_has_its_category():
     import pkgutil
 
     import colo_fixtures
-    from colo_fixtures import verdicts
+    from colo_fixtures.core import verdicts
 
     for module in pkgutil.walk_packages(colo_fixtures.__path__, "colo_fixtures."):
         if module.name != "colo_fixtures.plugin":
@@ -61,7 +61,7 @@ def test_every_verdict_type_of_the_package_has_its_category():
         message = exception_message(cls("x"))
         assert categorise("failed", message) == cls.category, (cls, message)
     alone = subprocess.run(
-        [sys.executable, "-c", "from colo_fixtures.categories import CATEGORIES\n"
+        [sys.executable, "-c", "from colo_fixtures.report.categories import CATEGORIES\n"
          "print(sum(len(c['messageRegex'].split('|')) for c in CATEGORIES))"],
         capture_output=True, text=True, check=True)
     rules = sum(len(c["messageRegex"].split("|")) for c in CATEGORIES)

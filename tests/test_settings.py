@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from colo_fixtures.settings import KNOBS, Settings, SettingsError, load_settings
+from colo_fixtures.config.settings import KNOBS, Settings, SettingsError, load_settings
 
 NO_CLI: dict = {}
 NO_INI: dict = {}

@@ -17,12 +17,12 @@ from pathlib import Path
 import pytest
 from sshd_lab import Sshd, keygen, privsep_dir, public_key, requires_sshd, start_sshd
 
-from colo_fixtures.hosts.base import CommandError
-from colo_fixtures.hosts.ssh import SshError, SshHost
-from colo_fixtures.inventory import SshTarget
-from colo_fixtures.net import LocalLab, connect_in_ns
-from colo_fixtures.qemu import QemuProcess, SyncQmp
-from colo_fixtures.topology import Topology, local_topology
+from colo_fixtures.config.inventory import SshTarget
+from colo_fixtures.lab.hosts.base import CommandError
+from colo_fixtures.lab.hosts.ssh import SshError, SshHost
+from colo_fixtures.lab.net import LocalLab, connect_in_ns
+from colo_fixtures.lab.topology import Topology, local_topology
+from colo_fixtures.sut.qemu import QemuProcess, SyncQmp
 
 pytestmark = requires_sshd
 PASSPHRASE = "correct horse battery staple"

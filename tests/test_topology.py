@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from colo_fixtures.topology import (
+from colo_fixtures.lab.topology import (
     IFNAMSIZ,
     MAX_WORKERS,
     ROLES,

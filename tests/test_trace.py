@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from colo_fixtures.colo import describe_stall
-from colo_fixtures.trace import (
+from colo_fixtures.sut.colo_pair import describe_stall
+from colo_fixtures.sut.trace import (
     ProtocolViolation,
     check_protocol,
     check_rdma_migration,

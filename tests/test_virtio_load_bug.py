@@ -39,5 +39,5 @@ def test_without_0003_the_secondary_nic_breaks(tmp_path: Path):
     output = result.stdout + result.stderr
     (tmp_path / "child-pytest.log").write_text(output)
     assert result.returncode == 1, output[-3000:]
-    assert "colo_fixtures.verdicts.NicBroken: " in output, output[-3000:]
-    assert "secondary" in output.split("colo_fixtures.verdicts.NicBroken: ", 1)[1][:200]
+    assert "colo_fixtures.core.verdicts.NicBroken: " in output, output[-3000:]
+    assert "secondary" in output.split("colo_fixtures.core.verdicts.NicBroken: ", 1)[1][:200]

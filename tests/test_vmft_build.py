@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from colo_fixtures.build import BuildError
-from colo_fixtures.cache import hash_tree
-from colo_fixtures.vmft_build import build_vmft, seed_configure_flags
+from colo_fixtures.sut.build import BuildError
+from colo_fixtures.sut.cache import hash_tree
+from colo_fixtures.sut.vmft.build import build_vmft, seed_configure_flags
 
 RSM_H = """\
 #ifndef RSM_H

@@ -20,18 +20,17 @@ from pathlib import Path
 
 import pytest
 
-from colo_fixtures.build import FIRMWARE_DIRS, provide_qemu
-from colo_fixtures.cache import default_cache_dir
-from colo_fixtures.disks import scratch_root
-from colo_fixtures.guest import AGENT_PORT, GuestImage, kernel_cmdline
-from colo_fixtures.hosts import namespace_hosts
-from colo_fixtures.net import LocalLab
-from colo_fixtures.qemu import QemuError
-from colo_fixtures.settings import DEFAULT_PATCHES
-from colo_fixtures.topology import local_topology
-from colo_fixtures.vmft import MIRROR_SOCK, REDIRECTOR_SOCK, VmftVm
-from colo_fixtures.vmft_build import QEMU_BINARY, VmftBuild
-from colo_fixtures.vmft_group import VmftGroup
+from colo_fixtures.config.settings import DEFAULT_PATCHES, default_cache_dir
+from colo_fixtures.lab.hosts import namespace_hosts
+from colo_fixtures.lab.net import LocalLab
+from colo_fixtures.lab.topology import local_topology
+from colo_fixtures.sut.build import FIRMWARE_DIRS, provide_qemu
+from colo_fixtures.sut.disks import scratch_root
+from colo_fixtures.sut.guest import AGENT_PORT, GuestImage, kernel_cmdline
+from colo_fixtures.sut.qemu import QemuError
+from colo_fixtures.sut.vmft.build import QEMU_BINARY, VmftBuild
+from colo_fixtures.sut.vmft.group import VmftGroup
+from colo_fixtures.sut.vmft.node import MIRROR_SOCK, REDIRECTOR_SOCK, VmftVm
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")
 

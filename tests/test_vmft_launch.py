@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from colo_fixtures.paxos import SYNC_PERIOD, DareTimers, NodesConfig
-from colo_fixtures.topology import local_topology
-from colo_fixtures.vmft import (
+from colo_fixtures.lab.topology import local_topology
+from colo_fixtures.sut.vmft.node import (
     MIRROR_SOCK,
     REDIRECTOR_SOCK,
     VmftVm,
@@ -18,6 +17,7 @@ from colo_fixtures.vmft import (
     vmft_env,
     vmft_node,
 )
+from colo_fixtures.sut.vmft.paxos import SYNC_PERIOD, DareTimers, NodesConfig
 
 # Reads every key the way rdma-paxos does: typed lookups, the DARE timers in their group.
 READER_C = r"""

@@ -6,9 +6,9 @@ import socket
 
 import pytest
 
-from colo_fixtures.verdicts import ClientTimeout, ColoNotRunning, GuestCrash, QemuError
-from colo_fixtures.waits import wait_for
-from colo_fixtures.workload import History, Workload
+from colo_fixtures.core.verdicts import ClientTimeout, ColoNotRunning, GuestCrash, QemuError
+from colo_fixtures.core.waits import wait_for
+from colo_fixtures.workload.client import History, Workload
 
 
 def test_returns_the_probes_first_value():

@@ -16,13 +16,13 @@ from pathlib import Path
 import pytest
 from standalone_guest import Guest, make_disk, requires_qemu, start_qemu
 
-from colo_fixtures.guest import (
+from colo_fixtures.sut.guest import (
     AgentClient,
     GuestImage,
     disk_store,
     parse_disk_records,
 )
-from colo_fixtures.workload import History, Workload, check
+from colo_fixtures.workload.client import History, Workload, check
 
 OP_TIMEOUT = 5.0
 RUN_SECONDS = 5.0

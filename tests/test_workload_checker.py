@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from colo_fixtures.workload import NOT_SENT, STOPPED, History, Op, Workload, check
+from colo_fixtures.workload.client import NOT_SENT, STOPPED, History, Op, Workload, check
 
 
 class Clock:

@@ -1,0 +1,3 @@
+"""Configuration: the knobs (options, ini, environment) as frozen ``Settings``; the lab
+inventory file.
+"""

@@ -1,0 +1,3 @@
+"""What every layer uses: the typed verdicts, the one wait helper, the phases a test goes
+through.
+"""

@@ -1,0 +1,3 @@
+"""What a test concludes from: the replicas compared, and the known issues with the evidence
+each needs.
+"""

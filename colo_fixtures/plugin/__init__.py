@@ -1,0 +1,780 @@
+"""The pytest plugin: options, markers, settings, session builds and the COLO lab fixtures."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import tempfile
+import threading
+import time
+import uuid
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from fnmatch import fnmatch
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from colo_fixtures.config.inventory import Inventory, InventoryError, load_inventory
+from colo_fixtures.config.settings import KNOBS, Settings, SettingsError, load_settings
+from colo_fixtures.core.events import phase
+from colo_fixtures.core.verdicts import ClientTimeout, Unreachable, never_excused
+from colo_fixtures.core.waits import wait_for
+from colo_fixtures.evidence.known_issues import Evidence, covering, explaining_line
+from colo_fixtures.lab.capture import Capture
+from colo_fixtures.lab.hosts import CommandError, Host, namespace_hosts
+from colo_fixtures.lab.inventory_lab import (
+    PASSPHRASE_ENV,
+    InventoryLab,
+    InventoryLabError,
+    LabHosts,
+    ssh_hosts,
+)
+from colo_fixtures.lab.janitor import clean as clean_ledger_file
+from colo_fixtures.lab.ledger import LEDGER_NAME, read_ledger, run_alive, write_entry
+from colo_fixtures.lab.net import LocalLab
+from colo_fixtures.lab.topology import Topology, inventory_topology, local_topology
+from colo_fixtures.report import allure_glue as report
+from colo_fixtures.report.categories import write_categories
+from colo_fixtures.report.metrics import write_run
+from colo_fixtures.report.plots import checkpoint_timeline, client_latency, pause_histogram
+from colo_fixtures.sut.accel import choose_accel
+from colo_fixtures.sut.build import BuildError, QemuBuild, probe_capabilities, provide_qemu
+from colo_fixtures.sut.cache import CacheError
+from colo_fixtures.sut.colo_pair import ColoPair, VmConfig
+from colo_fixtures.sut.disks import scratch_root
+from colo_fixtures.sut.guest import (
+    AGENT_PORT,
+    AgentClient,
+    GuestBuildError,
+    GuestImage,
+    build_guest,
+    kernel_cmdline,
+)
+from colo_fixtures.sut.logscan import Finding, miscompare_storm, scan, verdict_of
+from colo_fixtures.sut.preflight import Preflight, run_preflight
+from colo_fixtures.sut.trace import checkpoints, read_trace
+from colo_fixtures.sut.vmft.build import VmftBuild, build_vmft
+from colo_fixtures.sut.vmft.group import VmftGroup
+from colo_fixtures.sut.vmft.node import VmftVm
+from colo_fixtures.workload.client import History, Workload
+from colo_fixtures.workload.nemesis import Faults
+
+MARKERS = {
+    "colo": "needs a real COLO pair (QEMU, namespaces, guest)",
+    "checkpoint": "COLO checkpoint behaviour",
+    "failover": "failover and resume",
+    "disk": "disk consistency",
+    "trace": "trace events and the COLO protocol",
+    "paxos": "vm-ft RDMA Paxos logs",
+    "rdma": "needs an RDMA device (skips with the preflight's reason otherwise)",
+    "slow": "long-running variants (nightly)",
+}
+SETTINGS_KEY = pytest.StashKey[Settings]()
+INVENTORY_KEY = pytest.StashKey[tuple[Inventory, Topology]]()
+STARTED_KEY = pytest.StashKey[list["ColoLab"]]()
+RUN_ID = uuid.uuid4().hex[:6]
+LACKS_COLO = "lacks COLO support"  # the skip reason of a QEMU without COLO
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("colo", "COLO harness (also from COLO_* environment and colo_* ini)")
+    for knob in KNOBS:
+        env = " or ".join((knob.env, *knob.env_aliases))
+        if knob.flag:
+            group.addoption(knob.option, action="store_const", const=True, default=None,
+                            dest=knob.name, help=f"{knob.help} [env {env}; off: {knob.negation}]")
+            group.addoption(knob.negation, action="store_const", const=False, dest=knob.name,
+                            help=argparse.SUPPRESS)
+        else:
+            default = f"; default {knob.default}" if knob.default else ""
+            group.addoption(knob.option, dest=knob.name, metavar=knob.metavar, default=None,
+                            help=f"{knob.help} [env {env}, ini {knob.ini}{default}]")
+        parser.addini(knob.ini, knob.help, default=None)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.pluginmanager.register(NothingProved(), "colo-nothing-proved")
+    report.show_phases_as_steps()
+    for name, description in MARKERS.items():
+        config.addinivalue_line("markers", f"{name}: {description}")
+    cli = {knob.name: config.getoption(knob.name) for knob in KNOBS}
+    ini = {knob.name: config.getini(knob.ini) for knob in KNOBS}
+    try:
+        config.stash[SETTINGS_KEY] = load_settings(cli, ini, os.environ)
+    except SettingsError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    settings = config.stash[SETTINGS_KEY]
+    if not hasattr(config, "workerinput"):  # xdist: the controller counts every report
+        config.pluginmanager.register(KnownIssueCount(settings.report_dir),
+                                      "colo-known-issues")
+    if settings.inventory is not None:
+        try:
+            inventory = load_inventory(settings.inventory)
+            config.stash[INVENTORY_KEY] = (inventory, inventory_topology(inventory, RUN_ID))
+        except (InventoryError, ValueError) as exc:
+            raise pytest.UsageError(str(exc)) from None
+        workers = config.getoption("numprocesses", None)
+        if workers not in (None, 0, 1):
+            raise pytest.UsageError(f"-n {workers} with --colo-profile inventory: the inventory "
+                                    "is one lab and runs one COLO pair at a time (drop -n)")
+    global _SIGTERM_OWNER
+    if threading.current_thread() is threading.main_thread():
+        _SIGTERM_OWNER = os.getpid()
+        signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
+
+
+_SIGTERM_OWNER: int | None = None
+
+
+def _interrupt_on_sigterm(signum: int, frame: object) -> None:
+    """SIGTERM (a CI runner cancelling the job) ends the run like Ctrl-C: pytest stops and
+    every fixture's teardown still stops the QEMUs and removes the lab. A process forked
+    from pytest (pyroute2's namespace helpers) inherits this handler: it dies as usual."""
+    if os.getpid() != _SIGTERM_OWNER:
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        return
+    raise KeyboardInterrupt(f"stopped by signal {signal.Signals(signum).name}")
+
+
+@pytest.fixture(scope="session")
+def colo_settings(pytestconfig: pytest.Config) -> Settings:
+    """The validated settings of this run."""
+    return pytestconfig.stash[SETTINGS_KEY]
+
+
+@pytest.fixture(scope="session")
+def qemu_build(colo_settings: Settings) -> QemuBuild:
+    """The QEMU binary (given, built from a tree, or Debian 7.2 + patches), capability-checked."""
+    s = colo_settings
+    try:
+        build = provide_qemu(s.qemu_binary, s.qemu_src, s.qemu_patches, s.cache_dir)
+        caps = probe_capabilities(build.binary)
+    except BuildError as exc:
+        if exc.log:
+            report.attach_file(exc.log, "QEMU build log")
+        pytest.fail(f"QEMU unavailable: {exc}", pytrace=False)
+    except CacheError as exc:
+        pytest.fail(f"QEMU unavailable: {exc}", pytrace=False)
+    unmatched = [p for p in s.colo_trace
+                 if not any(fnmatch(event, p) for event in caps.trace_events)]
+    if unmatched:
+        pytest.fail(f"--colo-trace {', '.join(unmatched)}: no trace event of {build.binary} "
+                    "matches (see its -trace help)", pytrace=False)
+    missing = caps.missing()
+    if missing:
+        pytest.skip(f"{build.binary} (QEMU {caps.version}) {LACKS_COLO}: "
+                    f"{', '.join(missing)}")
+    report.environment(qemu_binary=build.binary, qemu_origin=build.origin,
+                       qemu_version=caps.version, qemu_build_key=build.key or "-",
+                       qemu_patches=",".join(build.patches) or "none")
+    return build
+
+
+@pytest.fixture(scope="session")
+def guest_image(colo_settings: Settings) -> GuestImage:
+    """The tiny guest (cloud kernel, busybox initramfs, colo-agent), built once and cached."""
+    try:
+        return build_guest(colo_settings.cache_dir)
+    except (GuestBuildError, CacheError) as exc:
+        pytest.fail(f"guest image unavailable: {exc}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def lab_hosts(pytestconfig: pytest.Config, colo_settings: Settings, qemu_build: QemuBuild,
+              guest_image: GuestImage) -> Iterator[LabHosts | None]:
+    """The inventory profile's hosts over SSH, checked once, with QEMU and the guest staged
+    on them (None on the local profile)."""
+    if colo_settings.colo_profile != "inventory":
+        yield None
+        return
+    inventory, topo = pytestconfig.stash[INVENTORY_KEY]
+    hosts = LabHosts(inventory, topo, ssh_hosts(inventory, colo_settings.ssh_accept_new,
+                                                os.environ.get(PASSPHRASE_ENV)))
+    try:
+        hosts.check(qemu_build.firmware_args()[1::2])
+        hosts.check_clocks()
+        hosts.stage([qemu_build.binary, guest_image.kernel, guest_image.initrd])
+        hosts.check_qemu(hosts.staged[qemu_build.binary])
+    except (InventoryLabError, CommandError) as exc:
+        hosts.close()
+        pytest.fail(f"inventory {inventory.path}: {exc}", pytrace=False)
+    report.environment(lab_profile="inventory", lab_inventory=inventory.path,
+                       lab_hosts=", ".join(h.name for h in hosts.hosts.values()),
+                       lab_clock_offsets_ms=", ".join(
+                           f"{role} {offset * 1000:+.2f} (rtt {rtt * 1000:.2f})"
+                           for role, (offset, rtt) in sorted(hosts.clock_offsets.items())))
+    try:
+        yield hosts
+    finally:
+        hosts.close()
+
+
+class AccelFallback(UserWarning):
+    """--accel auto found KVM unusable and runs the guests under TCG (slower)."""
+
+
+@pytest.fixture(scope="session")
+def accel(colo_settings: Settings, qemu_build: QemuBuild, guest_image: GuestImage) -> str:
+    """tcg or kvm, after the time-boxed KVM boot probe when --accel auto."""
+    chosen, reason = choose_accel(colo_settings.accel, qemu_build, guest_image.kernel,
+                                  colo_settings.cache_dir)
+    if colo_settings.accel == "auto" and chosen == "tcg":  # shown in the warnings summary
+        warnings.warn(AccelFallback(f"--accel auto fell back to TCG: {reason}"), stacklevel=1)
+    report.environment(accel=chosen, accel_reason=reason, guest_kernel=guest_image.kernel_version)
+    return chosen
+
+
+@pytest.fixture(scope="session")
+def worker_id_safe(request: pytest.FixtureRequest) -> str:
+    """The xdist worker id ("master" without xdist)."""
+    return os.environ.get("PYTEST_XDIST_WORKER", "master")
+
+
+def _safe_name(nodeid: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", nodeid).strip("_")[:120]
+
+
+@pytest.fixture
+def artifacts(request: pytest.FixtureRequest, colo_settings: Settings) -> Path:
+    """This test's artifact folder under ``<report-dir>/artifacts/``, emptied first.
+
+    If an earlier run of this test was killed, what its ledger still lists is removed
+    first (the janitor's job, done here so emptying the folder loses no record)."""
+    folder = colo_settings.report_dir / "artifacts" / _safe_name(request.node.nodeid)
+    ledger = folder / LEDGER_NAME
+    if read_ledger(ledger):
+        if (pid := run_alive(ledger)) is not None:
+            pytest.fail(f"{folder} belongs to a run that is still going (pid {pid}): use "
+                        "another --report-dir for concurrent runs", pytrace=False)
+        if left := clean_ledger_file(ledger):
+            pytest.fail(f"an earlier killed run left {left} and they cannot be removed: "
+                        f"see {ledger}", pytrace=False)
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    return folder
+
+
+@dataclass
+class ColoLab:
+    """A running COLO pair on the embedded lab, with a way to reach its guest agent."""
+
+    topology: Topology
+    lab: LocalLab | InventoryLab
+    pair: ColoPair
+    artifacts: Path
+    timeout: float
+    clients: list[AgentClient] = field(default_factory=list)
+    history: History = field(default_factory=History)
+    workloads: list[Workload] = field(default_factory=list)
+    colo_start_seconds: float = 0.0
+    capture: Capture | None = None  # --pcap: tcpdump of the replication link
+    log_sizes_at_fault: dict[Path, int] | None = None
+
+    @property
+    def faults(self) -> Faults:
+        """The nemesis, recording into this lab's history."""
+        return Faults(self.history, self._note_log_sizes)
+
+    def _note_log_sizes(self) -> None:
+        """At the first fault: how far each QEMU's logs went (what follows may be its
+        consequences, which the log analyzer excuses)."""
+        if self.log_sizes_at_fault is not None:
+            return
+        sizes: dict[Path, int] = {}
+        for process in self.pair.processes:
+            sizes.update(process.log_sizes())
+        self.log_sizes_at_fault = sizes
+
+    def connect(self, timeout: float | None = None) -> socket.socket:
+        """A TCP connection to the guest agent from the client host; ClientTimeout when the
+        VM takes none (after a health check: a crashed guest is named as such)."""
+        try:
+            return self.lab.connect(self.topology.vm_addr, AGENT_PORT, timeout or self.timeout)
+        except Unreachable as exc:
+            self.pair.check_health()
+            raise ClientTimeout(f"the guest agent took no connection: {exc}") from exc
+
+    def agent(self, timeout: float | None = None) -> AgentClient:
+        """A new agent client from the client namespace (closed at teardown)."""
+        client = AgentClient(self.connect(timeout), timeout=timeout or self.timeout)
+        self.clients.append(client)
+        return client
+
+    def workload(self, **options: Any) -> Workload:
+        """Start a client workload recording into this lab's history (stopped at teardown)."""
+        workload = Workload(lambda: self.connect(5.0), self.history,
+                            health=self.pair.check_health, **options)
+        self.workloads.append(workload)
+        workload.start()
+        return workload
+
+    @phase("check: read every written key back from the serving VM")
+    def final_state(self) -> tuple[dict[str, tuple[int, str] | None], float]:
+        """Every key the history wrote, read back from the VM now serving clients, and the
+        monotonic time the reads began (``check(..., final_at=)``)."""
+        agent = self.agent()
+        started = time.monotonic()
+        keys = sorted({op.key for op in self.history.ops if op.f == "write" and op.key})
+        return {key: agent.get(key) for key in keys}, started
+
+    @phase("boot: wait for the guest agent on both sides")
+    def wait_agent_ready(self, timeout: float | None = None) -> None:
+        """Wait for the agent on both consoles, then for a PING round trip.
+
+        The primary prints ``ready``; the secondary's console may skip that line (a
+        checkpoint can carry it past the moment), so there a heartbeat is the sign.
+        """
+        limit = timeout or self.timeout * 2
+        signs = list(zip(self.pair.sides, ("colo-agent: ready", "colo-agent: hb="),
+                         strict=True))
+
+        def missing() -> list[str]:
+            return [f"{side.name} {sign!r}" for side, sign in signs if not side.console_has(sign)]
+
+        wait_for("the guest agent on both consoles", lambda: not missing(), limit,
+                 health=self.pair.check_health, diagnosis=self.pair.diagnosis, interval=0.5,
+                 seen=lambda: "not shown: " + ", ".join(missing()))
+        self.agent(limit).ping()
+
+    def write_metrics(self, name: str, metrics: dict[str, Any]) -> Path:
+        """Write ``metrics`` as ``<name>.json`` in the artifacts and attach it."""
+        path = self.artifacts / f"{name}.json"
+        path.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+        report.attach_file(path, name)
+        return path
+
+
+# How the report names start_colo: its teardown carries every log, transcript and plot.
+EVIDENCE_TITLE = "COLO lab and its evidence (logs, QMP, consoles, traces, plots)"
+
+
+def lab_environment(topo: Topology, hosts: dict[str, Host]) -> dict[str, str]:
+    """The lab as the report's environment shows it: hosts, links, addresses."""
+    pri, sec = topo.hosts["primary"], topo.hosts["secondary"]
+    return {
+        "lab_hosts": ", ".join(f"{role}={host.name}" for role, host in sorted(hosts.items())),
+        "lab_replication": f"{pri.rep_addr} <-> {sec.rep_addr} ({pri.rep_if}/{sec.rep_if})",
+        "lab_vm_network": f"{topo.vm_addr} on {topo.ext_subnet}, bridge {pri.bridge}, tap "
+                          f"{pri.tap}, ifb {pri.ifb} on the primary",
+    }
+
+
+@pytest.fixture
+@report.fixture_title(EVIDENCE_TITLE)
+def start_colo(request: pytest.FixtureRequest, colo_settings: Settings, qemu_build: QemuBuild,
+               guest_image: GuestImage, accel: str, artifacts: Path, worker_id_safe: str,
+               lab_hosts: LabHosts | None) -> Iterator[Callable[..., ColoLab]]:
+    """A factory: ``start_colo(checkpoint_delay_ms)`` builds the lab and starts COLO.
+
+    The lab is the embedded one (namespaces) or, on the inventory profile, the inventory's
+    hosts over SSH. Teardown stops both QEMUs, removes the lab's network and scratch,
+    attaches every log, and fails the test if a console or QEMU stderr shows a known-bad
+    pattern.
+    """
+    s = colo_settings
+    started: list[ColoLab] = []
+    request.node.stash[STARTED_KEY] = started  # for the failure report (see makereport)
+    scratch: list[Path] = []
+    ledger = artifacts / LEDGER_NAME
+
+    def local_lab() -> tuple[LocalLab, Path, dict[str, Host], dict[Path, Path]]:
+        topo = local_topology(worker_id_safe, RUN_ID)
+        lab = LocalLab(topo, ledger=ledger, replication_mbit=s.replication_rate)
+        lab.create()
+        try:
+            root = Path(tempfile.mkdtemp(prefix=f"colo-{topo.run_tag}-", dir=scratch_root()))
+            write_entry(ledger, "created", "dir", str(root))
+        except BaseException:
+            lab.destroy()
+            raise
+        scratch.append(root)
+        return lab, root, namespace_hosts(topo), {}
+
+    def ssh_lab(hosts: LabHosts) -> tuple[InventoryLab, Path, dict[str, Host], dict[Path, Path]]:
+        lab = InventoryLab(hosts, ledger=ledger)
+        root = lab.create()
+        return lab, root, hosts.hosts, hosts.staged
+
+    def start(checkpoint_delay_ms: int | None = None, membuf_mib: int = 8,
+              nic_resets: int = 0) -> ColoLab:
+        where = "namespaces" if lab_hosts is None else "SSH hosts"
+        with phase(f"provision: lab network and scratch ({where})"):
+            lab, root, hosts, staged = local_lab() if lab_hosts is None else ssh_lab(lab_hosts)
+        topo = lab.topo
+        report.environment(**lab_environment(topo, hosts))
+        binary, kernel, initrd = (staged.get(path, path) for path in (
+            qemu_build.binary, guest_image.kernel, guest_image.initrd))
+        vm = VmConfig(binary, tuple(qemu_build.firmware_args()), accel, s.guest_memory,
+                      kernel, initrd,
+                      kernel_cmdline(f"{topo.vm_addr}/{topo.ext_prefix}", AGENT_PORT,
+                                     membuf_mib=membuf_mib, nic_resets=nic_resets),
+                      topo.vm_mac, runtime_trace=s.colo_trace)
+        pair = ColoPair(vm, topo, hosts, lab, root, artifacts, s.wait_timeout)
+        colo = ColoLab(topo, lab, pair, artifacts, s.wait_timeout)
+        started.append(colo)  # from here on teardown owns the lab, the QEMUs and the scratch
+        if s.pcap:
+            pri = topo.hosts["primary"]
+            colo.capture = Capture(hosts["primary"], str(pri.rep_if), root / "replication.pcap",
+                                   artifacts / f"replication-{len(started)}.pcap", ledger)
+            with phase(f"capture: tcpdump on the primary's {pri.rep_if}"):
+                colo.capture.start()
+        colo.colo_start_seconds = pair.start(checkpoint_delay_ms or s.checkpoint_delay)
+        return colo
+
+    yield start
+
+    failed = report.test_failed(request.node)
+    keep = failed and s.keep_on_failure
+    findings: list[Finding] = []
+    with contextlib.ExitStack() as teardown:  # every step runs, even after an interrupt
+        teardown.callback(_remove_scratch, scratch, artifacts / LEDGER_NAME, keep)
+        for colo in reversed(started):  # the stack runs the last pushed first
+            teardown.callback(_tear_down, colo, artifacts, failed, keep, findings)
+    known = [(f, k) for f in findings if (k := explaining_line(f.line)) is not None]
+    if known:
+        lines = [f"{finding}\n    known issue {issue.name}: {issue.reason}"
+                 for finding, issue in known]
+        (artifacts / "known-log-lines.txt").write_text("\n".join(lines) + "\n")
+        report.attach_file(artifacts / "known-log-lines.txt")
+        for finding, issue in known:
+            request.node.user_properties.append((KNOWN_LINE_PROPERTY, issue.name))
+            warnings.warn(f"known QEMU log line ({issue.name}): {finding}", stacklevel=1)
+    findings = [f for f in findings if explaining_line(f.line) is None]
+    if findings:  # also after a failed call: the analyzer's verdict is always reported
+        raise verdict_of(findings)
+
+
+@pytest.fixture(scope="session")
+def vmft_build(colo_settings: Settings) -> VmftBuild:
+    """The lab's vm-ft tree built (rdma-paxos, then its QEMU), cached by content hash."""
+    s = colo_settings
+    if s.vmft_root is None:
+        pytest.skip("no vm-ft tree: pass --vmft-root DIR or set VMFT_ROOT")
+    try:
+        build = build_vmft(s.vmft_root, s.cache_dir, s.vmft_patches, s.vmft_cflags,
+                           s.vmft_configure, s.python2)
+    except BuildError as exc:
+        if exc.log:
+            report.attach_file(exc.log, "vm-ft build log")
+        pytest.fail(f"vm-ft build failed: {exc}", pytrace=False)
+    report.environment(vmft_root=s.vmft_root, vmft_build_key=build.key,
+                       vmft_patches=",".join(build.patches) or "none")
+    return build
+
+
+@pytest.fixture
+def vmft_group(colo_settings: Settings, vmft_build: VmftBuild, guest_image: GuestImage,
+               accel: str, artifacts: Path, worker_id_safe: str) -> Iterator[VmftGroup]:
+    """Three vm-ft nodes (primary, secondary, sentinel) on a three-host lab, Paxos leader
+    elected; the test starts COLO. Every node is stopped and the lab removed afterwards."""
+    s = colo_settings
+    topo = local_topology(worker_id_safe, RUN_ID, sentinel=True)
+    vm = VmftVm(image=Path("/dev/null"), memory_mib=s.guest_memory, mac=topo.vm_mac,
+                accel=accel, kernel=guest_image.kernel, initrd=guest_image.initrd,
+                append=kernel_cmdline(f"{topo.vm_addr}/24", AGENT_PORT))
+    ledger = artifacts / LEDGER_NAME
+    with LocalLab(topo, ledger=ledger):
+        run_dir = Path(tempfile.mkdtemp(prefix=f"vmft-{topo.run_tag}-", dir=scratch_root()))
+        write_entry(ledger, "created", "dir", str(run_dir))
+        hosts = namespace_hosts(topo)
+        group = VmftGroup(vmft_build, vm, topo, hosts, run_dir, artifacts, s.wait_timeout)
+        try:
+            group.start_nodes()
+            group.wait_leader()
+            yield group
+        finally:
+            with contextlib.ExitStack() as teardown:  # every step runs, even after an interrupt
+                teardown.callback(_remove_scratch, [run_dir], ledger, False)
+                teardown.callback(report.attach_run, artifacts)
+                teardown.callback(_save_dare_logs, group, artifacts)
+                teardown.callback(group.stop)
+
+
+def _save_dare_logs(group: VmftGroup, artifacts: Path) -> None:
+    for node in group.nodes.values():
+        if node.dare_log.exists():
+            shutil.copy2(node.dare_log, artifacts / f"{node.role}-dare.log")
+
+
+def _tear_down(colo: ColoLab, artifacts: Path, failed: bool, keep: bool,
+               findings: list[Finding]) -> None:
+    """Save one COLO lab's evidence (and, on a failure, how it looked), then stop its QEMUs
+    and capture and remove its network: each of these runs even if one before it raised."""
+    try:
+        if failed:  # a failure or a pytest-timeout: how the QEMUs looked at that moment
+            with contextlib.suppress(Exception):
+                (artifacts / "diagnosis.txt").write_text(colo.pair.diagnosis() + "\n")
+            with contextlib.suppress(Exception):
+                (artifacts / "network.txt").write_text(colo.lab.network_state() + "\n")
+            if not (artifacts / "virtio.txt").exists():
+                with contextlib.suppress(Exception):
+                    (artifacts / "virtio.txt").write_text(colo.pair.virtio_net_state() + "\n")
+        findings += _collect_evidence(colo, artifacts)
+    finally:
+        with contextlib.ExitStack() as steps:  # run last pushed first
+            steps.callback(report.attach_run, artifacts)
+            if isinstance(colo.lab, InventoryLab):
+                steps.callback(colo.lab.destroy, keep_scratch=keep)
+            else:
+                steps.callback(colo.lab.destroy)
+            if colo.capture is not None:
+                steps.callback(_quietly, colo.capture.stop)
+            steps.callback(colo.pair.stop)
+
+
+def _remove_scratch(scratch: list[Path], ledger: Path, keep: bool) -> None:
+    """Remove the test's scratch directories (or say where they were kept)."""
+    for root in scratch:
+        if keep:
+            print(f"\ncolo: kept scratch {root} (--keep-on-failure)")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+            write_entry(ledger, "removed", "dir", str(root))
+
+
+def _quietly(step: Callable[[], object]) -> None:
+    """A teardown step whose failure must not hide the test's own result."""
+    with contextlib.suppress(Exception):
+        step()
+
+
+def _collect_evidence(colo: ColoLab, artifacts: Path) -> list[Finding]:
+    """Stop the clients, save the history, and scan every log (before the QEMUs stop:
+    tearing one side down makes the other report I/O errors)."""
+    for workload in colo.workloads:
+        workload.stop()
+    for client in colo.clients:
+        client.close()
+    if len(colo.history):
+        colo.history.to_jsonl(artifacts / "history.jsonl")
+    try:
+        _plot_evidence(colo, artifacts)
+    except Exception as exc:  # a plot is a view of the evidence, never the verdict
+        warnings.warn(f"plots of {artifacts.name} failed: {exc!r}", stacklevel=1)
+    faults = colo.history.faults()
+    fault_at = faults[0].wall if faults else None
+    sizes = colo.log_sizes_at_fault
+    findings = []
+    for process in colo.pair.processes:
+        process.sync_logs()
+        for log, kind in ((process.console_log, "console"), (process.stderr_log, "stderr")):
+            # a log begun after the first fault (a resumed secondary) is all "after" it
+            offset = None if sizes is None else sizes.get(log, 0)
+            findings += scan(log, kind, fault_at=fault_at, fault_offset=offset,
+                             colo_at=colo.pair.colo_started_at)
+        if storm := miscompare_storm(process.trace_log):
+            findings.append(storm)
+    return findings
+
+
+def _plot_evidence(colo: ColoLab, artifacts: Path) -> None:
+    """PNG plots next to the logs: client latency around the faults, every primary's
+    checkpoints over time, and their pause distribution."""
+    if len(colo.history):
+        client_latency(colo.history, artifacts / "client-latency.png")
+    points = []
+    for process in colo.pair.processes:  # only (former) primaries request checkpoints
+        process.sync_logs()
+        points += checkpoints(read_trace(process.trace_log))
+    if points:
+        points.sort(key=lambda c: c.requested)
+        checkpoint_timeline(points, colo.history, artifacts / "checkpoint-timeline.png")
+        pause_histogram(points, artifacts / "checkpoint-pauses.png")
+
+
+@pytest.fixture
+def colo(start_colo: Callable[..., ColoLab], colo_settings: Settings) -> ColoLab:
+    """A COLO pair running with the configured checkpoint delay and the guest agent ready."""
+    lab = start_colo(colo_settings.checkpoint_delay)
+    lab.wait_agent_ready()
+    return lab
+
+
+PREFLIGHT_KEY = pytest.StashKey[Preflight]()
+PREFLIGHT_MARKERS = ("rdma", "paxos")
+
+
+def _preflight(config: pytest.Config) -> Preflight:
+    if PREFLIGHT_KEY not in config.stash:
+        s = config.stash[SETTINGS_KEY]
+        config.stash[PREFLIGHT_KEY] = run_preflight(s.vmft_root, s.python2, s.rdma_device)
+    return config.stash[PREFLIGHT_KEY]
+
+
+@pytest.fixture(scope="session")
+def preflight(pytestconfig: pytest.Config) -> Preflight:
+    """What this host has for vm-ft (RDMA port 2, ifb, mirred, plug, Python 2, libraries)."""
+    return _preflight(pytestconfig)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Tests marked ``rdma`` or ``paxos`` skip, before any fixture, with the preflight's
+    one line per missing item."""
+    scopes = [name for name in PREFLIGHT_MARKERS if item.get_closest_marker(name)]
+    if scopes and (reason := _preflight(item.config).skip_reason(scopes)):
+        pytest.skip(reason)
+
+
+SESSION_START = time.time()
+
+
+class NothingProved:
+    """Skipping a test whose QEMU lacks COLO is right; a run where that skipped every test
+    proved nothing, and exits 1 saying so (xdist: the controller sees every report)."""
+
+    def __init__(self) -> None:
+        self.ran = 0
+        self.lacks_colo = 0
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.when == "call":
+            self.ran += 1
+        elif report.skipped and LACKS_COLO in str(report.longrepr):
+            self.lacks_colo += 1
+
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        if self.lacks_colo and not self.ran and session.exitstatus == 0:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+            print(f"\ncolo: every test skipped because the QEMU binary {LACKS_COLO} (see "
+                  "the skip reasons): nothing was proved, exit status 1")
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    alluredir = session.config.getoption("allure_report_dir", None)
+    report.write_environment(alluredir)
+    write_categories(alluredir)
+    if hasattr(session.config, "workerinput"):
+        return  # xdist: the controller gathers every worker's figures once
+    s = session.config.stash[SETTINGS_KEY]
+    with contextlib.suppress(OSError):
+        path = write_run(s.report_dir, {"profile": s.colo_profile, "tests_collected":
+                                        session.testscollected}, since=SESSION_START)
+        if path is not None:
+            print(f"\ncolo: run metrics in {path}")
+
+
+KNOWN_ISSUE_PROPERTY = "colo_known_issue"  # user property: the issue that excused a failure
+KNOWN_LINE_PROPERTY = "colo_known_log_line"  # user property: a known line the analyzer met
+
+
+@pytest.hookimpl(hookwrapper=True, trylast=True)  # innermost: Allure sees the verdict
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
+    """Known issues excuse only the call phase of a test they cover, only the failure types
+    they name, and only with their evidence on the survivor; a COLO violation, a setup or
+    teardown error, or any other failure stays a failure. ``--runxfail`` excuses nothing."""
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.failed:  # a failure or a pytest-timeout: the teardown keeps the evidence
+        item.stash[report.FAILED_KEY] = True
+    if rep.when != "call" or item.config.option.runxfail:
+        return
+    issues = covering(item.nodeid)
+    if rep.passed:
+        strict = [issue.name for issue in issues if issue.strict]
+        if strict:
+            rep.outcome = "failed"
+            rep.longrepr = (f"[XPASS(strict)] known issue {', '.join(strict)} no longer "
+                            "happens: remove it from colo_fixtures/evidence/known_issues.py")
+            item.stash[report.FAILED_KEY] = True
+        return
+    if not rep.failed or call.excinfo is None:
+        return
+    folder = getattr(item, "funcargs", {}).get("artifacts")
+    evidence = _evidence_once(item, folder if isinstance(folder, Path) else None)
+    exc = call.excinfo.value
+    if never_excused(exc):
+        if issues:
+            rep.sections.append(("known issue", f"{type(exc).__name__} is a COLO violation: "
+                                 "no known issue excuses it"))
+        return
+    why_not = []
+    for issue in issues:
+        where, why = issue.excuse(item.nodeid, exc, evidence)
+        if where is not None:
+            rep.outcome = "skipped"
+            rep.wasxfail = f"known issue {issue.name} ({where}): {issue.reason}"
+            rep.user_properties.append((KNOWN_ISSUE_PROPERTY, issue.name))
+            return
+        why_not.append(why)
+    if why_not:
+        rep.sections.append(("known issue", "not excused: " + "; ".join(why_not)))
+
+
+def _evidence_once(item: pytest.Item, folder: Path | None) -> Callable[[], Evidence]:
+    """Gather the failed test's evidence on first use, while its QEMUs still run; each
+    NIC's virtio queues go into virtio.txt."""
+    cache: list[Evidence] = []
+
+    def gather() -> Evidence:
+        if not cache:
+            cache.append(_gather_evidence(item, folder))
+        return cache[0]
+
+    return gather
+
+
+def _gather_evidence(item: pytest.Item, folder: Path | None) -> Evidence:
+    labs = item.stash.get(STARTED_KEY, [])
+    if not labs:
+        return Evidence()
+    pair = labs[-1].pair
+    serving = pair.primary_replica  # after a takeover, the secondary that took over
+    survivor = serving.name if serving and serving.tap_tx_at_takeover is not None else None
+    virtio = ""
+    with contextlib.suppress(Exception):
+        virtio = pair.virtio_net_state()
+    tap = None
+    with contextlib.suppress(Exception):
+        tap = pair.tap_tx_since_takeover()
+    if folder is not None and (virtio or tap is not None):
+        taps = (f"{survivor}'s tap: {tap} packets toward the VM since the takeover\n"
+                if tap is not None else "")
+        (folder / "virtio.txt").write_text(virtio + "\n" + taps)
+    logs = {process.name: [process.stderr_log, process.console_log, process.trace_log]
+            for process in pair.processes}
+    for process in pair.processes:
+        with contextlib.suppress(Exception):
+            process.sync_logs()
+    return Evidence(survivor=survivor, logs=logs, virtio=virtio, tap_tx_since_failover=tap)
+
+
+class KnownIssueCount:
+    """How often each known issue excused a failure, and in how many tests (passed or not)
+    the analyzer met a known log line: printed at the end and written to the report dir."""
+
+    def __init__(self, report_dir: Path) -> None:
+        self.report_dir = report_dir
+        self.excused: dict[str, list[str]] = {}
+        self.lines: dict[str, list[str]] = {}
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        for name, value in report.user_properties:
+            target = {KNOWN_ISSUE_PROPERTY: self.excused, KNOWN_LINE_PROPERTY: self.lines}.get(
+                name)
+            if target is not None and report.nodeid not in target.setdefault(str(value), []):
+                target[str(value)].append(report.nodeid)
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if not (self.excused or self.lines):
+            return
+        terminalreporter.section("COLO known issues")
+        for name, tests in sorted(self.excused.items()):
+            terminalreporter.line(f"{name}: excused {len(tests)} failure(s): {', '.join(tests)}")
+        for name, tests in sorted(self.lines.items()):
+            terminalreporter.line(f"{name}: its log line seen in {len(tests)} test(s): "
+                                  f"{', '.join(tests)}")
+        with contextlib.suppress(OSError):
+            self.report_dir.mkdir(parents=True, exist_ok=True)
+            (self.report_dir / "known-issues.json").write_text(json.dumps(
+                {"excused": self.excused, "log_lines_seen": self.lines}, indent=2) + "\n")

@@ -1,0 +1,3 @@
+"""What a run shows: Allure glue (steps from phases, attachments), metrics, plots, categories,
+HTML, nightly.
+"""
