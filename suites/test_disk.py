@@ -14,8 +14,8 @@ import pytest
 
 from colo_fixtures.core.verdicts import LostWrite, require_memory_clean
 from colo_fixtures.evidence.consistency import compare_replicas, survivor_log
-from colo_fixtures.sut.guest import disk_store
-from colo_fixtures.workload.client import check
+from colo_fixtures.sut.guest.records import disk_store
+from colo_fixtures.workload.checker import check
 
 pytestmark = [pytest.mark.colo, pytest.mark.disk, allure.epic("COLO"), allure.feature("disk")]
 

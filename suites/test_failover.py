@@ -18,7 +18,7 @@ import pytest
 from colo_fixtures.core.verdicts import ConnectionBroken, require_memory_clean
 from colo_fixtures.evidence.consistency import compare_replicas
 from colo_fixtures.sut.trace import read_trace
-from colo_fixtures.workload.client import check
+from colo_fixtures.workload.checker import check
 
 pytestmark = [pytest.mark.colo, pytest.mark.failover, allure.epic("COLO"),
               allure.feature("failover")]

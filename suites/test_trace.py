@@ -20,7 +20,8 @@ import pytest
 
 from colo_fixtures.sut.colo_pair import VmConfig, machine_argv
 from colo_fixtures.sut.disks import scratch_root
-from colo_fixtures.sut.guest import AGENT_PORT, kernel_cmdline
+from colo_fixtures.sut.guest.agent import AGENT_PORT
+from colo_fixtures.sut.guest.image import kernel_cmdline
 from colo_fixtures.sut.preflight import rdma_address
 from colo_fixtures.sut.qemu import QemuError, QemuProcess
 from colo_fixtures.sut.trace import check_protocol, check_rdma_migration, read_trace

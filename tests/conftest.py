@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from colo_fixtures.config.settings import default_cache_dir
-from colo_fixtures.sut.guest import GuestImage, build_guest
+from colo_fixtures.sut.guest.image import GuestImage, build_guest
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from colo_fixtures.sut.guest import AGENT_PORT, AgentClient, AgentError, GuestImage, kernel_cmdline
+from colo_fixtures.sut.guest.agent import AGENT_PORT, AgentClient, AgentError
+from colo_fixtures.sut.guest.image import GuestImage, kernel_cmdline
 from colo_fixtures.sut.qemu import tail
 
 QEMU = "qemu-system-x86_64"

@@ -11,12 +11,9 @@ from pathlib import Path
 import pytest
 from standalone_guest import BOOT_TIMEOUT, booted, make_disk, requires_qemu, start_qemu
 
-from colo_fixtures.sut.guest import (
-    AgentError,
-    GuestImage,
-    KvRecord,
-    parse_disk_records,
-)
+from colo_fixtures.sut.guest.agent import AgentError
+from colo_fixtures.sut.guest.image import GuestImage
+from colo_fixtures.sut.guest.records import KvRecord, parse_disk_records
 
 HEARTBEAT = re.compile(r"colo-agent: hb=(\d+) uptime_ms=\d+ keys=(\d+) seq=(\d+) "
                        r"memrounds=(\d+) memerrors=(\d+)")

@@ -14,24 +14,23 @@ from pathlib import Path
 
 import pytest
 
-from colo_fixtures.sut.guest import (
-    SRC_DIR,
+from colo_fixtures.sut.guest.agent import (
     AgentClient,
     AgentError,
-    CpioEntry,
-    KvRecord,
-    disk_store,
-    encode_record,
-    is_static_elf,
-    kernel_cmdline,
-    newc_archive,
     parse_clock,
-    parse_disk_records,
     parse_fields,
     parse_get,
     parse_pong,
     parse_put,
 )
+from colo_fixtures.sut.guest.image import (
+    SRC_DIR,
+    CpioEntry,
+    is_static_elf,
+    kernel_cmdline,
+    newc_archive,
+)
+from colo_fixtures.sut.guest.records import KvRecord, disk_store, encode_record, parse_disk_records
 
 
 def sector(seq: int, key: bytes, value: bytes, *, magic: bytes = b"COLOKV01",

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from colo_fixtures.report.plots import checkpoint_timeline, client_latency, pause_histogram
 from colo_fixtures.sut.trace import Checkpoint
-from colo_fixtures.workload.client import History
+from colo_fixtures.workload.history import History
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

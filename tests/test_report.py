@@ -31,7 +31,8 @@ from colo_fixtures.report.html import ALLURE, ReportError, generate, load_result
 from colo_fixtures.sut.colo_pair import describe_stall
 from colo_fixtures.sut.logscan import scan, verdict_of
 from colo_fixtures.sut.trace import Checkpoint
-from colo_fixtures.workload.client import History, check
+from colo_fixtures.workload.checker import check
+from colo_fixtures.workload.history import History
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = Path("/usr/bin/chromium")

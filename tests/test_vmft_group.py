@@ -26,7 +26,8 @@ from colo_fixtures.lab.net import LocalLab
 from colo_fixtures.lab.topology import local_topology
 from colo_fixtures.sut.build import FIRMWARE_DIRS, provide_qemu
 from colo_fixtures.sut.disks import scratch_root
-from colo_fixtures.sut.guest import AGENT_PORT, GuestImage, kernel_cmdline
+from colo_fixtures.sut.guest.agent import AGENT_PORT
+from colo_fixtures.sut.guest.image import GuestImage, kernel_cmdline
 from colo_fixtures.sut.qemu import QemuError
 from colo_fixtures.sut.vmft.build import QEMU_BINARY, VmftBuild
 from colo_fixtures.sut.vmft.group import VmftGroup

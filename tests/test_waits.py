@@ -8,7 +8,8 @@ import pytest
 
 from colo_fixtures.core.verdicts import ClientTimeout, ColoNotRunning, GuestCrash, QemuError
 from colo_fixtures.core.waits import wait_for
-from colo_fixtures.workload.client import History, Workload
+from colo_fixtures.workload.client import Workload
+from colo_fixtures.workload.history import History
 
 
 def test_returns_the_probes_first_value():

@@ -16,13 +16,12 @@ from pathlib import Path
 import pytest
 from standalone_guest import Guest, make_disk, requires_qemu, start_qemu
 
-from colo_fixtures.sut.guest import (
-    AgentClient,
-    GuestImage,
-    disk_store,
-    parse_disk_records,
-)
-from colo_fixtures.workload.client import History, Workload, check
+from colo_fixtures.sut.guest.agent import AgentClient
+from colo_fixtures.sut.guest.image import GuestImage
+from colo_fixtures.sut.guest.records import disk_store, parse_disk_records
+from colo_fixtures.workload.checker import check
+from colo_fixtures.workload.client import Workload
+from colo_fixtures.workload.history import History
 
 OP_TIMEOUT = 5.0
 RUN_SECONDS = 5.0

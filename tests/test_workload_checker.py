@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from colo_fixtures.workload.client import NOT_SENT, STOPPED, History, Op, Workload, check
+from colo_fixtures.workload.checker import check
+from colo_fixtures.workload.client import Workload
+from colo_fixtures.workload.history import NOT_SENT, STOPPED, History, Op
 
 
 class Clock:

@@ -13,7 +13,7 @@ from colo_fixtures.core.verdicts import DiskDivergence
 from colo_fixtures.lab.hosts import LocalHost
 from colo_fixtures.sut.colo_pair import ColoPair
 from colo_fixtures.sut.disks import allocated_bytes, digest, images_identical, raw_copy
-from colo_fixtures.sut.guest import KvRecord, disk_store, parse_disk_records
+from colo_fixtures.sut.guest.records import KvRecord, disk_store, parse_disk_records
 from colo_fixtures.sut.qemu import QemuProcess
 
 

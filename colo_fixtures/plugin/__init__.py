@@ -51,21 +51,16 @@ from colo_fixtures.sut.build import BuildError, QemuBuild, probe_capabilities, p
 from colo_fixtures.sut.cache import CacheError
 from colo_fixtures.sut.colo_pair import ColoPair, VmConfig
 from colo_fixtures.sut.disks import scratch_root
-from colo_fixtures.sut.guest import (
-    AGENT_PORT,
-    AgentClient,
-    GuestBuildError,
-    GuestImage,
-    build_guest,
-    kernel_cmdline,
-)
+from colo_fixtures.sut.guest.agent import AGENT_PORT, AgentClient
+from colo_fixtures.sut.guest.image import GuestBuildError, GuestImage, build_guest, kernel_cmdline
 from colo_fixtures.sut.logscan import Finding, miscompare_storm, scan, verdict_of
 from colo_fixtures.sut.preflight import Preflight, run_preflight
 from colo_fixtures.sut.trace import checkpoints, read_trace
 from colo_fixtures.sut.vmft.build import VmftBuild, build_vmft
 from colo_fixtures.sut.vmft.group import VmftGroup
 from colo_fixtures.sut.vmft.node import VmftVm
-from colo_fixtures.workload.client import History, Workload
+from colo_fixtures.workload.client import Workload
+from colo_fixtures.workload.history import History
 from colo_fixtures.workload.nemesis import Faults
 
 MARKERS = {

@@ -20,7 +20,7 @@ matplotlib.use("Agg")  # no display: files only
 import matplotlib.pyplot as plt
 
 from colo_fixtures.sut.trace import Checkpoint
-from colo_fixtures.workload.client import FAULTS, History, Op
+from colo_fixtures.workload.history import FAULTS, History, Op
 
 COLORS = {"ok": "tab:green", "fail": "tab:red", "timeout": "tab:purple", "info": "tab:orange"}
 

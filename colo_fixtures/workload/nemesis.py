@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 from colo_fixtures.core.events import phase
 from colo_fixtures.sut.qemu import QemuError, QemuProcess
-from colo_fixtures.workload.client import FAULTS  # what breaks something (SIGCONT does not)
+from colo_fixtures.workload.history import FAULTS  # what breaks something (SIGCONT does not)
 
 # Runs on the victim's host: wait (at most $4 seconds) for the first new line of trace log
 # $1 that contains $2, then SIGKILL PID $3 and print the host's time. tail -F follows the

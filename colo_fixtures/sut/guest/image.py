@@ -1,12 +1,5 @@
-"""The tiny test guest: Debian's cloud kernel, a busybox initramfs and ``colo-agent``.
+"""The guest image: kernel, initramfs (busybox, ``/init``, the agent), the boot parameters."""
 
-``build_guest`` produces (once, cached by a hash of its inputs) a kernel and a gzip'd
-newc initramfs holding static busybox, ``/init`` and the static agent compiled from
-``guest_src/``. ``kernel_cmdline`` builds the boot parameters ``/init`` understands.
-``AgentClient`` speaks the agent's line protocol and ``parse_disk_records`` reads the
-agent's on-disk log from a raw image, so tests can compare what the guest acknowledged
-with what reached each disk.
-"""
 
 from __future__ import annotations
 
@@ -18,22 +11,19 @@ import lzma
 import os
 import re
 import shutil
-import socket
 import stat
 import struct
 import subprocess
 import time
-import zlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 
 from colo_fixtures.config.settings import default_cache_dir
 from colo_fixtures.sut.cache import CacheError, cached_build, hash_parts
+from colo_fixtures.sut.guest.agent import AGENT_PORT
 
-AGENT_PORT = 7000
-SRC_DIR = Path(__file__).resolve().parent / "guest_src"
+SRC_DIR = Path(__file__).resolve().parent / "src"
 KERNEL_META_PACKAGE = "linux-image-cloud-amd64"
 BUSYBOX = Path("/bin/busybox")
 # Load order matters: each needs the ones before it (from COLO-FACTS).
@@ -45,12 +35,6 @@ AGENT_CFLAGS: tuple[str, ...] = ("-static", "-O2", "-pthread", "-Wall", "-Wextra
 # Bump when the image layout produced by this module changes (part of the cache key).
 LAYOUT_VERSION = "1"
 
-SECTOR = 512
-MAGIC = b"COLOKV01"
-_RECORD = struct.Struct("<8sQII64s256s")  # the 344 bytes covered by the CRC
-_KEY_RE = re.compile(r"[A-Za-z0-9_.:-]{1,63}")
-_VALUE_RE = re.compile(r"[\x21-\x7e]{1,255}")
-_T = TypeVar("_T")
 
 
 class GuestBuildError(RuntimeError):
@@ -389,201 +373,3 @@ def kernel_cmdline(ip_cidr: str, port: int = AGENT_PORT, gateway: str | None = N
     if nic_resets:
         args.append(f"colo.nicreset={nic_resets}")
     return " ".join(args)
-
-
-# ---------------------------------------------------------------------------
-# The agent's disk log
-
-
-@dataclass(frozen=True)
-class KvRecord:
-    """One acknowledged PUT as stored on disk."""
-
-    seq: int
-    key: str
-    value: str
-
-
-def encode_record(seq: int, key: str, value: str) -> bytes:
-    """The 512-byte sector the agent writes for record ``seq``."""
-    k, v = key.encode("ascii"), value.encode("ascii")
-    body = _RECORD.pack(MAGIC, seq, len(k), len(v), k, v)
-    return (body + struct.pack("<I", zlib.crc32(body))).ljust(SECTOR, b"\0")
-
-
-def _decode_record(sector: bytes, seq: int) -> KvRecord | None:
-    if len(sector) < _RECORD.size + 4:
-        return None
-    magic, rseq, klen, vlen, key, value = _RECORD.unpack_from(sector)
-    crc, = struct.unpack_from("<I", sector, _RECORD.size)
-    if magic != MAGIC or rseq != seq or not (1 <= klen <= 63 and 1 <= vlen <= 255):
-        return None
-    if crc != zlib.crc32(sector[: _RECORD.size]):
-        return None
-    return KvRecord(seq, key[:klen].decode("ascii", "replace"), value[:vlen].decode("ascii",
-                                                                                   "replace"))
-
-
-def parse_disk_records(data: bytes) -> list[KvRecord]:
-    """Records 1, 2, ... of a raw disk image, up to the first invalid sector."""
-    records = []
-    seq = 1
-    while (record := _decode_record(data[seq * SECTOR:(seq + 1) * SECTOR], seq)) is not None:
-        records.append(record)
-        seq += 1
-    return records
-
-
-def disk_store(records: Iterable[KvRecord]) -> dict[str, KvRecord]:
-    """The key-value state the agent rebuilds from ``records`` (last write wins)."""
-    return {r.key: r for r in records}
-
-
-# ---------------------------------------------------------------------------
-# The agent's protocol
-
-
-class AgentError(RuntimeError):
-    """The agent answered ERR or something unparsable; ``reply`` is the exact line."""
-
-    def __init__(self, reply: str, request: str = ""):
-        super().__init__(f"agent replied {reply!r}" + (f" to {request!r}" if request else ""))
-        self.reply = reply
-        self.request = request
-
-
-def parse_pong(reply: str) -> int:
-    """``PONG <uptime_ms>`` -> uptime in ms."""
-    match = re.fullmatch(r"PONG (\d+)", reply)
-    if not match:
-        raise AgentError(reply)
-    return int(match.group(1))
-
-
-def parse_clock(reply: str) -> int:
-    """``CLOCK <ns>`` -> the guest's monotonic clock in ns."""
-    match = re.fullmatch(r"CLOCK (\d+)", reply)
-    if not match:
-        raise AgentError(reply)
-    return int(match.group(1))
-
-
-def parse_put(reply: str) -> int:
-    """``OK <seq>`` -> seq."""
-    match = re.fullmatch(r"OK (\d+)", reply)
-    if not match:
-        raise AgentError(reply)
-    return int(match.group(1))
-
-
-def parse_get(reply: str) -> tuple[int, str] | None:
-    """``VAL <seq> <value>`` -> (seq, value); ``NONE`` -> None."""
-    if reply == "NONE":
-        return None
-    match = re.fullmatch(r"VAL (\d+) ([\x21-\x7e]+)", reply)
-    if not match:
-        raise AgentError(reply)
-    return int(match.group(1)), match.group(2)
-
-
-def parse_fields(reply: str, word: str) -> dict[str, int]:
-    """``WORD a=1 b=2`` -> {"a": 1, "b": 2}."""
-    parts = reply.split(" ")
-    if parts[0] != word or len(parts) < 2:
-        raise AgentError(reply)
-    fields: dict[str, int] = {}
-    for part in parts[1:]:
-        match = re.fullmatch(r"([a-z_]+)=(\d+)", part)
-        if not match:
-            raise AgentError(reply)
-        fields[match.group(1)] = int(match.group(2))
-    return fields
-
-
-class AgentClient:
-    """One TCP connection to the guest agent (not thread-safe: one client per thread).
-
-    ERR or garbled replies raise AgentError, timeouts ``socket.timeout`` (TimeoutError),
-    and a connection closed by the agent ConnectionError.
-    """
-
-    MAX_REPLY = 4096
-
-    def __init__(self, sock: socket.socket, timeout: float = 5.0):
-        self.sock = sock
-        self.sock.settimeout(timeout)
-        self._buf = b""
-
-    @classmethod
-    def connect(cls, host: str, port: int = AGENT_PORT, timeout: float = 5.0) -> AgentClient:
-        """A client over a plain TCP connection from this namespace."""
-        return cls(socket.create_connection((host, port), timeout=timeout), timeout)
-
-    def __enter__(self) -> AgentClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self.sock.close()
-
-    def request(self, line: str) -> str:
-        """Send one request line, return the reply line (without ``\\n``), unchecked."""
-        if "\n" in line or "\r" in line:
-            raise ValueError(f"a request is one line: {line!r}")
-        self.sock.sendall(line.encode("ascii") + b"\n")
-        return self._readline()
-
-    def _readline(self) -> str:
-        while b"\n" not in self._buf:
-            if len(self._buf) > self.MAX_REPLY:
-                raise AgentError(self._buf[:200].decode("ascii", "replace"))
-            chunk = self.sock.recv(4096)
-            if not chunk:
-                raise ConnectionError("the agent closed the connection")
-            self._buf += chunk
-        line, self._buf = self._buf.split(b"\n", 1)
-        return line.decode("ascii", "replace")
-
-    def _call(self, line: str, parse: Callable[[str], _T]) -> _T:
-        reply = self.request(line)
-        try:
-            return parse(reply)
-        except AgentError as e:
-            raise AgentError(reply, line) from e
-
-    def ping(self) -> int:
-        """The guest's uptime in ms."""
-        return self._call("PING", parse_pong)
-
-    def clock_ns(self) -> int:
-        """The guest's monotonic clock in ns: a reply two replicas almost never agree on
-        (their clocks run apart by microseconds even right after a checkpoint)."""
-        return self._call("CLOCK", parse_clock)
-
-    def put(self, key: str, value: str) -> int:
-        """Store durably; returns the record's seq."""
-        return self._call(f"PUT {key} {value}", parse_put)
-
-    def get(self, key: str) -> tuple[int, str] | None:
-        """``(seq, value)`` of the current value, or None."""
-        return self._call(f"GET {key}", parse_get)
-
-    def mem(self) -> dict[str, int]:
-        """``{"rounds", "errors", "bytes"}`` of the memory checker."""
-        return self._call("MEM", lambda r: parse_fields(r, "MEM"))
-
-    def stat(self) -> dict[str, int]:
-        """``{"keys", "seq", "uptime_ms", "memrounds", "memerrors"}``."""
-        return self._call("STAT", lambda r: parse_fields(r, "STAT"))
-
-
-def valid_key(key: str) -> bool:
-    """Whether the agent accepts ``key`` (1-63 of ``[A-Za-z0-9_.:-]``)."""
-    return bool(_KEY_RE.fullmatch(key))
-
-
-def valid_value(value: str) -> bool:
-    """Whether the agent accepts ``value`` (1-255 printable non-space ASCII)."""
-    return bool(_VALUE_RE.fullmatch(value))
