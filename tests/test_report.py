@@ -19,7 +19,7 @@ import pytest
 
 from colo_fixtures.core.verdicts import ClientTimeout, Deadlock
 from colo_fixtures.lab.topology import Ports
-from colo_fixtures.plugin import EVIDENCE_TITLE
+from colo_fixtures.plugin.colo_lab import EVIDENCE_TITLE
 from colo_fixtures.report import allure_glue as report
 from colo_fixtures.report.categories import (
     CATEGORIES,
@@ -56,7 +56,7 @@ def test_every_verdict_type_of_the_package_has_its_category():
     from colo_fixtures.core import verdicts
 
     for module in pkgutil.walk_packages(colo_fixtures.__path__, "colo_fixtures."):
-        if module.name != "colo_fixtures.plugin":
+        if not module.name.startswith("colo_fixtures.plugin"):
             importlib.import_module(module.name)
     for cls in verdicts.verdict_types():
         message = exception_message(cls("x"))
