@@ -12,7 +12,8 @@ from pathlib import Path
 
 
 def module_name(package_dir: Path, path: Path) -> str:
-    """``colo_fixtures/lab/net.py`` → ``colo_fixtures.lab.net`` (``__init__`` → the package)."""
+    """``colo_fixtures/lab/embedded.py`` → ``colo_fixtures.lab.embedded`` (a package's
+    ``__init__`` → the package)."""
     parts = path.relative_to(package_dir.parent).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 

@@ -25,7 +25,7 @@ from pyroute2 import IPRoute
 from pyroute2 import netns as pr_netns
 from sshd_lab import Sshd, keygen, privsep_dir, public_key, start_sshd
 
-from colo_fixtures.lab.net import netns_exists
+from colo_fixtures.lab.namespaces import netns_exists
 from colo_fixtures.lab.topology import HostSpec
 
 MGMT = {"primary": "10.23.0.2", "secondary": "10.23.0.3", "client": "10.23.0.4"}

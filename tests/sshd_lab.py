@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from colo_fixtures.lab.ledger import proc_stat
-from colo_fixtures.lab.net import ns_exec_argv
+from colo_fixtures.lab.namespaces import ns_exec_argv
 from colo_fixtures.lab.topology import HostSpec
 
 SSHD = Path("/usr/sbin/sshd")

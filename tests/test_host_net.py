@@ -17,7 +17,7 @@ from sshd_lab import keygen, privsep_dir, public_key, requires_sshd, start_sshd
 from colo_fixtures.config.inventory import SshTarget
 from colo_fixtures.lab.hosts import CommandError, Host, LocalNamespaceHost
 from colo_fixtures.lab.hosts.ssh import SshHost
-from colo_fixtures.lab.net import connect_in_ns
+from colo_fixtures.lab.namespaces import connect_in_ns
 from colo_fixtures.lab.topology import HostSpec, local_topology
 from colo_fixtures.lab.vm_network import HostNetwork
 

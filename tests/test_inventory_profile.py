@@ -17,9 +17,14 @@ from sshd_lab import requires_sshd
 from colo_fixtures.config.inventory import load_inventory
 from colo_fixtures.config.settings import Settings
 from colo_fixtures.lab.hosts.ssh import SshHost
-from colo_fixtures.lab.inventory_lab import InventoryLab, InventoryLabError, LabHosts, ssh_hosts
+from colo_fixtures.lab.inventory_lab import (
+    InventoryHosts,
+    InventoryLab,
+    InventoryLabError,
+    ssh_hosts,
+)
 from colo_fixtures.lab.ledger import is_gone, read_ledger
-from colo_fixtures.lab.net import connect_in_ns, ns_exec_argv
+from colo_fixtures.lab.namespaces import connect_in_ns, ns_exec_argv
 from colo_fixtures.lab.topology import inventory_topology
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -83,7 +88,7 @@ def machines(tmp_path: Path):
         yield lab
 
 
-def lab_hosts_of(machines, inventory_file: Path | None = None) -> LabHosts:
+def lab_hosts_of(machines, inventory_file: Path | None = None) -> InventoryHosts:
     """The machines' hosts as the harness makes them, reached from the controller namespace
     (this test runs outside it)."""
     inventory = load_inventory(inventory_file or machines.inventory)
@@ -92,7 +97,7 @@ def lab_hosts_of(machines, inventory_file: Path | None = None) -> LabHosts:
         assert isinstance(host, SshHost)
         target = host.target
         host.sock_factory = lambda t=target: connect_in_ns(machines.controller, t.host, t.port, 2)
-    return LabHosts(inventory, inventory_topology(inventory), hosts)
+    return InventoryHosts(inventory, inventory_topology(inventory), hosts)
 
 
 def links(ns: str) -> dict[str, int | None]:
@@ -106,11 +111,11 @@ KILLED_RUN = """
 import sys, time
 from pathlib import Path
 from colo_fixtures.config.inventory import load_inventory
-from colo_fixtures.lab.inventory_lab import InventoryLab, LabHosts, ssh_hosts
+from colo_fixtures.lab.inventory_lab import InventoryLab, InventoryHosts, ssh_hosts
 from colo_fixtures.lab.ledger import write_entry
 from colo_fixtures.lab.topology import inventory_topology
 inventory = load_inventory(Path(sys.argv[1]))
-hosts = LabHosts(inventory, inventory_topology(inventory), ssh_hosts(inventory, False, None))
+hosts = InventoryHosts(inventory, inventory_topology(inventory), ssh_hosts(inventory, False, None))
 hosts.check([])
 ledger = Path(sys.argv[2])
 scratch = InventoryLab(hosts, ledger=ledger).create()

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from colo_fixtures.lab.ledger import LEDGER_NAME, is_gone, read_ledger, start_ticks
-from colo_fixtures.lab.net import netns_exists
+from colo_fixtures.lab.namespaces import netns_exists
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST = "suites/test_checkpoint.py::test_colo_running_on_both_sides"

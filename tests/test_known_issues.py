@@ -171,7 +171,7 @@ STANDIN = '''
 import pytest
 from colo_fixtures.core import verdicts
 from colo_fixtures.evidence import known_issues
-from colo_fixtures.plugin.colo_lab import STARTED_KEY
+from colo_fixtures.plugin.colo_run import STARTED_KEY
 
 known_issues.KNOWN_ISSUES += (
     known_issues.KnownIssue(

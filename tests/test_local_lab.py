@@ -17,12 +17,12 @@ from pathlib import Path
 import pytest
 from pyroute2 import IPRoute, netns
 
+from colo_fixtures.core.verdicts import LabError
+from colo_fixtures.lab.embedded import EmbeddedLab
 from colo_fixtures.lab.janitor import clean as clean_ledger
 from colo_fixtures.lab.ledger import read_ledger
-from colo_fixtures.lab.net import (
+from colo_fixtures.lab.namespaces import (
     INGRESS,
-    LabError,
-    LocalLab,
     call_in_ns,
     connect_in_ns,
     netns_exists,
@@ -64,11 +64,11 @@ def _assert_gone(topo: Topology) -> None:
 
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalLab]:
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedLab]:
     topo = _topology()
     ledger = tmp_path_factory.mktemp("lab") / "ledger.jsonl"
     root_before = _root_link_names()
-    the_lab = LocalLab(topo, ledger=ledger)
+    the_lab = EmbeddedLab(topo, ledger=ledger)
     try:
         the_lab.create()
         yield the_lab
@@ -82,7 +82,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalLab]:
 # ---------------------------------------------------------------- structure
 
 
-def test_namespaces_and_links_exist(lab: LocalLab) -> None:
+def test_namespaces_and_links_exist(lab: EmbeddedLab) -> None:
     topo = lab.topo
     for ns in topo.namespaces():
         assert netns_exists(ns)
@@ -108,7 +108,7 @@ def test_namespaces_and_links_exist(lab: LocalLab) -> None:
     assert cli["xsec"].get("master") == cli["brx"]["index"]
 
 
-def test_tap_is_a_plain_persistent_tap(lab: LocalLab) -> None:
+def test_tap_is_a_plain_persistent_tap(lab: EmbeddedLab) -> None:
     """QEMU opens it with vnet_hdr=off: no vnet header, no packet info, tap mode."""
     for host in (lab.topo.primary, lab.topo.secondary):
         info = dict(_links(host.netns)["tap0"].get(("linkinfo", "data"))["attrs"])
@@ -118,7 +118,7 @@ def test_tap_is_a_plain_persistent_tap(lab: LocalLab) -> None:
         assert info["IFLA_TUN_PI"] == 0
 
 
-def test_addresses(lab: LocalLab) -> None:
+def test_addresses(lab: EmbeddedLab) -> None:
     topo = lab.topo
     expected = [
         (topo.primary.netns, "rep0", topo.primary.rep_addr, topo.rep_prefix),
@@ -132,7 +132,7 @@ def test_addresses(lab: LocalLab) -> None:
         assert found == {(address, prefix)}, (ns, ifname, found)
 
 
-def test_ifb_redirection_is_installed(lab: LocalLab) -> None:
+def test_ifb_redirection_is_installed(lab: EmbeddedLab) -> None:
     ns = lab.topo.primary.netns
     with IPRoute(netns=ns, flags=0) as ipr:
         tap = ipr.link_lookup(ifname="tap0")[0]
@@ -159,7 +159,7 @@ def test_ifb_redirection_is_installed(lab: LocalLab) -> None:
     assert "plug" not in ifb_qdiscs, "the plug probe must not leave its qdisc"
 
 
-def test_network_state_shows_where_packets_go(lab: LocalLab) -> None:
+def test_network_state_shows_where_packets_go(lab: EmbeddedLab) -> None:
     """The diagnosis of a failed test: each host's links with master and counters, qdiscs."""
     state = lab.network_state()
     primary = state.split(f"--- secondary ({lab.topo.secondary.netns})")[0]
@@ -170,7 +170,7 @@ def test_network_state_shows_where_packets_go(lab: LocalLab) -> None:
     assert "tap0: UP master=- " in secondary.split("--- client")[0]
 
 
-def test_second_create_is_refused_and_harmless(lab: LocalLab) -> None:
+def test_second_create_is_refused_and_harmless(lab: EmbeddedLab) -> None:
     created = list(lab.created)
     with pytest.raises(LabError, match="already created"):
         lab.create()
@@ -178,7 +178,7 @@ def test_second_create_is_refused_and_harmless(lab: LocalLab) -> None:
     assert all(netns_exists(ns) for ns in lab.topo.namespaces())
 
 
-def test_ledger_lists_everything_in_creation_order(lab: LocalLab) -> None:
+def test_ledger_lists_everything_in_creation_order(lab: EmbeddedLab) -> None:
     assert lab.created[0] == ("netns", lab.topo.primary.netns)
     assert lab.ledger is not None and read_ledger(lab.ledger) == lab.created
     names = [name for _, name in lab.created]
@@ -189,7 +189,7 @@ def test_ledger_lists_everything_in_creation_order(lab: LocalLab) -> None:
 # ---------------------------------------------------------------- behaviour
 
 
-def test_attach_and_detach_secondary_tap(lab: LocalLab) -> None:
+def test_attach_and_detach_secondary_tap(lab: EmbeddedLab) -> None:
     ns = lab.topo.secondary.netns
     try:
         lab.attach_tap("secondary")
@@ -201,12 +201,12 @@ def test_attach_and_detach_secondary_tap(lab: LocalLab) -> None:
     assert _links(ns)["tap0"].get("master") is None
 
 
-def test_attach_tap_rejects_client(lab: LocalLab) -> None:
+def test_attach_tap_rejects_client(lab: EmbeddedLab) -> None:
     with pytest.raises(ValueError, match="no tap"):
         lab.attach_tap("client")
 
 
-def test_tcp_over_the_replication_link(lab: LocalLab) -> None:
+def test_tcp_over_the_replication_link(lab: EmbeddedLab) -> None:
     pri, sec = lab.topo.primary, lab.topo.secondary
     port = lab.topo.ports.migration
     with ns_socket(sec.netns) as listener:
@@ -226,13 +226,13 @@ def test_tcp_over_the_replication_link(lab: LocalLab) -> None:
                 assert client.recv(16) == b"pong"
 
 
-def test_replication_link_is_not_reachable_from_the_client(lab: LocalLab) -> None:
+def test_replication_link_is_not_reachable_from_the_client(lab: EmbeddedLab) -> None:
     with pytest.raises(LabError) as info:
         connect_in_ns(lab.topo.client.netns, lab.topo.secondary.rep_addr, 1, timeout=0.3)
     assert "\n" not in str(info.value)
 
 
-def test_connect_timeout_names_the_target(lab: LocalLab) -> None:
+def test_connect_timeout_names_the_target(lab: EmbeddedLab) -> None:
     sec = lab.topo.secondary
     with pytest.raises(LabError) as info:
         connect_in_ns(lab.topo.primary.netns, sec.rep_addr, 9, timeout=0.3)
@@ -241,7 +241,7 @@ def test_connect_timeout_names_the_target(lab: LocalLab) -> None:
     assert "ECONNREFUSED" in message and "\n" not in message
 
 
-def test_ns_exec_argv_runs_inside_and_keeps_the_pid(lab: LocalLab) -> None:
+def test_ns_exec_argv_runs_inside_and_keeps_the_pid(lab: EmbeddedLab) -> None:
     ns = lab.topo.primary.netns
     argv = ns_exec_argv(ns, ["cat", "/proc/net/dev"])
     assert argv[:3] == ["nsenter", f"--net=/run/netns/{ns}", "--"]
@@ -295,7 +295,7 @@ def _wait_forwarding(ns: str, ifname: str, timeout: float = 5.0) -> None:
         time.sleep(0.05)
 
 
-def test_frames_from_the_vm_go_through_ifb_and_reach_the_client(lab: LocalLab) -> None:
+def test_frames_from_the_vm_go_through_ifb_and_reach_the_client(lab: EmbeddedLab) -> None:
     """Frames written to tap0 (what QEMU does for the VM's output) enter tap0's ingress, are
     redirected to ifb0 and re-enter the stack, still reach br0, and arrive in the client."""
     topo = lab.topo
@@ -351,7 +351,7 @@ def _frames_until(fd: int, match: Callable[[bytes], bool], poke: Callable[[], No
     return None
 
 
-def test_client_reaches_the_vm_side_through_primary_then_secondary(lab: LocalLab) -> None:
+def test_client_reaches_the_vm_side_through_primary_then_secondary(lab: EmbeddedLab) -> None:
     """The client's ARP for the VM arrives on the primary's tap; on the secondary's tap only
     once attach_tap("secondary") (failover) has put it on the secondary's bridge."""
     topo = lab.topo
@@ -386,7 +386,7 @@ def test_destroy_removes_everything_and_twice_is_fine(tmp_path: Path) -> None:
     topo = _topology()
     ledger = tmp_path / "ledger.jsonl"
     root_before = _root_link_names()
-    lab = LocalLab(topo, ledger=ledger)
+    lab = EmbeddedLab(topo, ledger=ledger)
     try:
         with lab:
             assert all(netns_exists(ns) for ns in topo.namespaces())
@@ -402,7 +402,7 @@ def test_destroy_removes_everything_and_twice_is_fine(tmp_path: Path) -> None:
 
 def test_destroy_tolerates_items_removed_behind_its_back(tmp_path: Path) -> None:
     topo = _topology()
-    lab = LocalLab(topo)
+    lab = EmbeddedLab(topo)
     try:
         lab.create()
         with IPRoute(netns=topo.primary.netns, flags=0) as ipr:
@@ -417,7 +417,7 @@ def test_destroy_tolerates_items_removed_behind_its_back(tmp_path: Path) -> None
 def test_clean_ledger_removes_what_a_killed_run_left(tmp_path: Path) -> None:
     topo = _topology()
     ledger = tmp_path / "ledger.jsonl"
-    lab = LocalLab(topo, ledger=ledger)
+    lab = EmbeddedLab(topo, ledger=ledger)
     try:
         lab.create()  # and then the run "dies" without destroy()
         assert clean_ledger(ledger) == []
@@ -435,7 +435,7 @@ def test_collision_undoes_everything(tmp_path: Path, role: str) -> None:
     foreign = topo.host(role).netns
     ledger = tmp_path / "ledger.jsonl"
     netns.create(foreign)
-    lab = LocalLab(topo, ledger=ledger)
+    lab = EmbeddedLab(topo, ledger=ledger)
     try:
         with pytest.raises(LabError) as info:
             lab.create()
@@ -457,7 +457,7 @@ def test_collision_undoes_everything(tmp_path: Path, role: str) -> None:
 
 def test_lab_methods_on_a_destroyed_lab_fail_clearly() -> None:
     topo = _topology()
-    lab = LocalLab(topo)
+    lab = EmbeddedLab(topo)
     with pytest.raises(LabError, match="does not exist"):
         lab.ifb_stats()
     with pytest.raises(LabError, match="does not exist"):
@@ -488,7 +488,7 @@ def test_three_hosts_share_a_replication_switch(tmp_path: Path) -> None:
     topo = local_topology(os.environ.get("PYTEST_XDIST_WORKER", "master"), uuid.uuid4().hex,
                           sentinel=True)
     ledger = tmp_path / "ledger.jsonl"
-    lab = LocalLab(topo, ledger=ledger)
+    lab = EmbeddedLab(topo, ledger=ledger)
     try:
         with lab:
             snt = topo.sentinel
@@ -517,7 +517,7 @@ def test_replication_rate_shapes_both_ends_of_the_link() -> None:
     """--replication-rate: a token bucket at the given rate on each end of the replication
     link (a slower lab network), gone with the lab."""
     topo = _topology()
-    with LocalLab(topo, replication_mbit=300) as shaped:
+    with EmbeddedLab(topo, replication_mbit=300) as shaped:
         for host in (shaped.topo.primary, shaped.topo.secondary):
             with IPRoute(netns=host.netns, flags=0) as ipr:
                 index = ipr.link_lookup(ifname=host.rep_if)[0]

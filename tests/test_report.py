@@ -19,7 +19,7 @@ import pytest
 
 from colo_fixtures.core.verdicts import ClientTimeout, Deadlock
 from colo_fixtures.lab.topology import Ports
-from colo_fixtures.plugin.colo_lab import EVIDENCE_TITLE
+from colo_fixtures.plugin.colo_run import EVIDENCE_TITLE
 from colo_fixtures.report import allure_glue as report
 from colo_fixtures.report.categories import (
     CATEGORIES,

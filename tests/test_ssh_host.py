@@ -18,9 +18,10 @@ import pytest
 from sshd_lab import Sshd, keygen, privsep_dir, public_key, requires_sshd, start_sshd
 
 from colo_fixtures.config.inventory import SshTarget
+from colo_fixtures.lab.embedded import EmbeddedLab
 from colo_fixtures.lab.hosts.base import CommandError
 from colo_fixtures.lab.hosts.ssh import SshError, SshHost
-from colo_fixtures.lab.net import LocalLab, connect_in_ns
+from colo_fixtures.lab.namespaces import connect_in_ns
 from colo_fixtures.lab.topology import Topology, local_topology
 from colo_fixtures.sut.qemu import QemuProcess, SyncQmp
 
@@ -34,7 +35,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Topology, Ss
     folder = tmp_path_factory.mktemp("ssh")
     topo = local_topology(os.environ.get("PYTEST_XDIST_WORKER", "master"), uuid.uuid4().hex)
     key = keygen(folder / "id_colo", PASSPHRASE)
-    with LocalLab(topo, ledger=folder / "ledger.jsonl"), privsep_dir():
+    with EmbeddedLab(topo, ledger=folder / "ledger.jsonl"), privsep_dir():
         sshd = start_sshd(topo.secondary, folder / "sshd", [public_key(key)])
         try:
             yield topo, sshd, key

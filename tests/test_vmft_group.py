@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 from colo_fixtures.config.settings import DEFAULT_PATCHES, default_cache_dir
+from colo_fixtures.lab.embedded import EmbeddedLab
 from colo_fixtures.lab.hosts import namespace_hosts
-from colo_fixtures.lab.net import LocalLab
 from colo_fixtures.lab.topology import local_topology
 from colo_fixtures.sut.build import FIRMWARE_DIRS, provide_qemu
 from colo_fixtures.sut.disks import scratch_root
@@ -83,7 +83,7 @@ def group(stand_in_build: VmftBuild, image: GuestImage, shm_sockets,
     vm = VmftVm(image=Path("/dev/null"), memory_mib=256, mac=topo.vm_mac, accel="tcg",
                 kernel=image.kernel, initrd=image.initrd,
                 append=kernel_cmdline(f"{topo.vm_addr}/24", AGENT_PORT))
-    with LocalLab(topo, ledger=tmp_path / "ledger.jsonl"):
+    with EmbeddedLab(topo, ledger=tmp_path / "ledger.jsonl"):
         run_dir = Path(tempfile.mkdtemp(prefix=f"vmft-{topo.run_tag}-", dir=scratch_root()))
         hosts = namespace_hosts(topo)
         the_group = VmftGroup(stand_in_build, vm, topo, hosts, run_dir, tmp_path / "artifacts",

@@ -8,7 +8,7 @@ guest files staged once per session by content hash under ``<scratch>/stage``. T
 workload's connections leave from the client host through SSH channels (``ssh -W``
 style), or from this machine when the inventory has no client.
 
-``LabHosts`` (one per session) checks each host once: SSH works, the tools are there,
+``InventoryHosts`` (one per session) checks each host once: SSH works, the tools are there,
 the staged QEMU runs. ``InventoryLab`` (one per test) provisions and tears down.
 """
 
@@ -67,7 +67,7 @@ def file_digest(path: Path) -> str:
 
 
 @dataclass
-class LabHosts:
+class InventoryHosts:
     """The inventory's hosts for a whole session: checked once, files staged once."""
 
     inventory: Inventory
@@ -176,7 +176,7 @@ class InventoryLab:
     """One test's share of the inventory lab: the VM network on the primary and the
     secondary, and a private scratch directory (the same path on both)."""
 
-    lab_hosts: LabHosts
+    lab_hosts: InventoryHosts
     ledger: Path | None = None
     networks: dict[str, HostNetwork] = field(default_factory=dict)
     scratch: Path | None = None

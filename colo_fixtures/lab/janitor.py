@@ -16,7 +16,7 @@ from pathlib import Path
 
 from colo_fixtures.lab.inventory_lab import clean_remote
 from colo_fixtures.lab.ledger import is_gone, read_ledger, start_ticks, write_entry
-from colo_fixtures.lab.net import remove_items
+from colo_fixtures.lab.namespaces import remove_items
 
 NETWORK_KINDS = ("netns", "link", "qdisc", "filter")
 

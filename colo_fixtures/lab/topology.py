@@ -1,7 +1,7 @@
 """The lab as data: hosts, interface names, addresses and ports. No I/O here.
 
 The embedded default ("local" profile) stands each lab host up as a network namespace
-on this machine (see ``colo_fixtures.lab.net.LocalLab``)::
+on this machine (see ``colo_fixtures.lab.embedded.EmbeddedLab``)::
 
     cli: brx (client_addr/24) ── xpri ══ ext0 ── pri: br0 ── tap0 (VM)   ifb0 (tap0 ingress)
                               └─ xsec ══ ext0 ── sec: br0    tap0 (enslaved at failover)

@@ -16,7 +16,7 @@ import pytest
 
 from colo_fixtures.core.verdicts import never_excused
 from colo_fixtures.evidence.known_issues import Evidence, covering
-from colo_fixtures.plugin.colo_lab import KNOWN_LINE_PROPERTY, STARTED_KEY
+from colo_fixtures.plugin.colo_run import KNOWN_LINE_PROPERTY, STARTED_KEY
 from colo_fixtures.plugin.options import SETTINGS_KEY
 from colo_fixtures.plugin.session import LACKS_COLO
 from colo_fixtures.report import allure_glue as report

@@ -16,8 +16,8 @@ from colo_fixtures.config.settings import Settings
 from colo_fixtures.lab.hosts import CommandError
 from colo_fixtures.lab.inventory_lab import (
     PASSPHRASE_ENV,
+    InventoryHosts,
     InventoryLabError,
-    LabHosts,
     ssh_hosts,
 )
 from colo_fixtures.plugin.options import INVENTORY_KEY, SETTINGS_KEY
@@ -77,14 +77,14 @@ def guest_image(colo_settings: Settings) -> GuestImage:
 
 @pytest.fixture(scope="session")
 def lab_hosts(pytestconfig: pytest.Config, colo_settings: Settings, qemu_build: QemuBuild,
-              guest_image: GuestImage) -> Iterator[LabHosts | None]:
+              guest_image: GuestImage) -> Iterator[InventoryHosts | None]:
     """The inventory profile's hosts over SSH, checked once, with QEMU and the guest staged
     on them (None on the local profile)."""
     if colo_settings.colo_profile != "inventory":
         yield None
         return
     inventory, topo = pytestconfig.stash[INVENTORY_KEY]
-    hosts = LabHosts(inventory, topo, ssh_hosts(inventory, colo_settings.ssh_accept_new,
+    hosts = InventoryHosts(inventory, topo, ssh_hosts(inventory, colo_settings.ssh_accept_new,
                                                 os.environ.get(PASSPHRASE_ENV)))
     try:
         hosts.check(qemu_build.firmware_args()[1::2])

@@ -2,7 +2,7 @@
 and compared with an earlier run to flag regressions.
 
 Each test writes its figures as ``<report-dir>/artifacts/<test>/<name>.json``
-(``ColoLab.write_metrics``). ``collect`` reads them all; ``summarise`` turns the ones a lab
+(``ColoRun.write_metrics``). ``collect`` reads them all; ``summarise`` turns the ones a lab
 engineer watches (checkpoint pause, failover times, client downtime, resume) into
 ``p50``/``max`` per figure; ``regressions`` compares two summaries.
 """

@@ -129,7 +129,7 @@ def check_vmft_tree(root: Path | None) -> Check:
 
 def check_traffic_control() -> list[Check]:
     """Probe ifb, the ingress u32/mirred redirect and a plug qdisc in a throwaway namespace."""
-    from colo_fixtures.lab.net import probe_output_path  # pyroute2 only when probing
+    from colo_fixtures.lab.namespaces import probe_output_path  # pyroute2 only when probing
 
     if os.geteuid() != 0:
         reason = "not checked: network namespaces need root (run as root)"

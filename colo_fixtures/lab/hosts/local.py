@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from colo_fixtures.lab.hosts.base import Host, Process, Result, popen, run_local
-from colo_fixtures.lab.net import ns_exec_argv
+from colo_fixtures.lab.namespaces import ns_exec_argv
 from colo_fixtures.lab.topology import Topology
 
 

@@ -27,14 +27,14 @@ from colo_fixtures.core.verdicts import ClientTimeout, Unreachable
 from colo_fixtures.core.waits import wait_for
 from colo_fixtures.evidence.known_issues import explaining_line
 from colo_fixtures.lab.capture import Capture
+from colo_fixtures.lab.embedded import EmbeddedLab
 from colo_fixtures.lab.hosts import Host, namespace_hosts
 from colo_fixtures.lab.inventory_lab import (
+    InventoryHosts,
     InventoryLab,
-    LabHosts,
 )
 from colo_fixtures.lab.janitor import clean as clean_ledger_file
 from colo_fixtures.lab.ledger import LEDGER_NAME, read_ledger, run_alive, write_entry
-from colo_fixtures.lab.net import LocalLab
 from colo_fixtures.lab.topology import Topology, local_topology
 from colo_fixtures.plugin.options import RUN_ID
 from colo_fixtures.report import allure_glue as report
@@ -53,7 +53,7 @@ from colo_fixtures.workload.client import Workload
 from colo_fixtures.workload.history import History
 from colo_fixtures.workload.nemesis import Faults
 
-STARTED_KEY = pytest.StashKey[list["ColoLab"]]()
+STARTED_KEY = pytest.StashKey[list["ColoRun"]]()
 
 
 def _safe_name(nodeid: str) -> str:
@@ -81,11 +81,11 @@ def artifacts(request: pytest.FixtureRequest, colo_settings: Settings) -> Path:
 
 
 @dataclass
-class ColoLab:
+class ColoRun:
     """A running COLO pair on the embedded lab, with a way to reach its guest agent."""
 
     topology: Topology
-    lab: LocalLab | InventoryLab
+    lab: EmbeddedLab | InventoryLab
     pair: ColoPair
     artifacts: Path
     timeout: float
@@ -189,7 +189,7 @@ def lab_environment(topo: Topology, hosts: dict[str, Host]) -> dict[str, str]:
 @report.fixture_title(EVIDENCE_TITLE)
 def start_colo(request: pytest.FixtureRequest, colo_settings: Settings, qemu_build: QemuBuild,
                guest_image: GuestImage, accel: str, artifacts: Path, worker_id_safe: str,
-               lab_hosts: LabHosts | None) -> Iterator[Callable[..., ColoLab]]:
+               lab_hosts: InventoryHosts | None) -> Iterator[Callable[..., ColoRun]]:
     """A factory: ``start_colo(checkpoint_delay_ms)`` builds the lab and starts COLO.
 
     The lab is the embedded one (namespaces) or, on the inventory profile, the inventory's
@@ -198,14 +198,14 @@ def start_colo(request: pytest.FixtureRequest, colo_settings: Settings, qemu_bui
     pattern.
     """
     s = colo_settings
-    started: list[ColoLab] = []
+    started: list[ColoRun] = []
     request.node.stash[STARTED_KEY] = started  # for the failure report (see makereport)
     scratch: list[Path] = []
     ledger = artifacts / LEDGER_NAME
 
-    def local_lab() -> tuple[LocalLab, Path, dict[str, Host], dict[Path, Path]]:
+    def local_lab() -> tuple[EmbeddedLab, Path, dict[str, Host], dict[Path, Path]]:
         topo = local_topology(worker_id_safe, RUN_ID)
-        lab = LocalLab(topo, ledger=ledger, replication_mbit=s.replication_rate)
+        lab = EmbeddedLab(topo, ledger=ledger, replication_mbit=s.replication_rate)
         lab.create()
         try:
             root = Path(tempfile.mkdtemp(prefix=f"colo-{topo.run_tag}-", dir=scratch_root()))
@@ -216,13 +216,14 @@ def start_colo(request: pytest.FixtureRequest, colo_settings: Settings, qemu_bui
         scratch.append(root)
         return lab, root, namespace_hosts(topo), {}
 
-    def ssh_lab(hosts: LabHosts) -> tuple[InventoryLab, Path, dict[str, Host], dict[Path, Path]]:
+    def ssh_lab(hosts: InventoryHosts,
+                ) -> tuple[InventoryLab, Path, dict[str, Host], dict[Path, Path]]:
         lab = InventoryLab(hosts, ledger=ledger)
         root = lab.create()
         return lab, root, hosts.hosts, hosts.staged
 
     def start(checkpoint_delay_ms: int | None = None, membuf_mib: int = 8,
-              nic_resets: int = 0) -> ColoLab:
+              nic_resets: int = 0) -> ColoRun:
         where = "namespaces" if lab_hosts is None else "SSH hosts"
         with phase(f"provision: lab network and scratch ({where})"):
             lab, root, hosts, staged = local_lab() if lab_hosts is None else ssh_lab(lab_hosts)
@@ -236,7 +237,7 @@ def start_colo(request: pytest.FixtureRequest, colo_settings: Settings, qemu_bui
                                      membuf_mib=membuf_mib, nic_resets=nic_resets),
                       topo.vm_mac, runtime_trace=s.colo_trace)
         pair = ColoPair(vm, topo, hosts, lab, root, artifacts, s.wait_timeout)
-        colo = ColoLab(topo, lab, pair, artifacts, s.wait_timeout)
+        colo = ColoRun(topo, lab, pair, artifacts, s.wait_timeout)
         started.append(colo)  # from here on teardown owns the lab, the QEMUs and the scratch
         if s.pcap:
             pri = topo.hosts["primary"]
@@ -281,7 +282,7 @@ def vmft_group(colo_settings: Settings, vmft_build: VmftBuild, guest_image: Gues
                 accel=accel, kernel=guest_image.kernel, initrd=guest_image.initrd,
                 append=kernel_cmdline(f"{topo.vm_addr}/24", AGENT_PORT))
     ledger = artifacts / LEDGER_NAME
-    with LocalLab(topo, ledger=ledger):
+    with EmbeddedLab(topo, ledger=ledger):
         run_dir = Path(tempfile.mkdtemp(prefix=f"vmft-{topo.run_tag}-", dir=scratch_root()))
         write_entry(ledger, "created", "dir", str(run_dir))
         hosts = namespace_hosts(topo)
@@ -304,7 +305,7 @@ def _save_dare_logs(group: VmftGroup, artifacts: Path) -> None:
             shutil.copy2(node.dare_log, artifacts / f"{node.role}-dare.log")
 
 
-def _tear_down(colo: ColoLab, artifacts: Path, failed: bool, keep: bool,
+def _tear_down(colo: ColoRun, artifacts: Path, failed: bool, keep: bool,
                findings: list[Finding]) -> None:
     """Save one COLO lab's evidence (and, on a failure, how it looked), then stop its QEMUs
     and capture and remove its network: each of these runs even if one before it raised."""
@@ -346,7 +347,7 @@ def _quietly(step: Callable[[], object]) -> None:
         step()
 
 
-def _collect_evidence(colo: ColoLab, artifacts: Path) -> list[Finding]:
+def _collect_evidence(colo: ColoRun, artifacts: Path) -> list[Finding]:
     """Stop the clients, save the history, and scan every log (before the QEMUs stop:
     tearing one side down makes the other report I/O errors)."""
     for workload in colo.workloads:
@@ -375,7 +376,7 @@ def _collect_evidence(colo: ColoLab, artifacts: Path) -> list[Finding]:
     return findings
 
 
-def _plot_evidence(colo: ColoLab, artifacts: Path) -> None:
+def _plot_evidence(colo: ColoRun, artifacts: Path) -> None:
     """PNG plots next to the logs: client latency around the faults, every primary's
     checkpoints over time, and their pause distribution."""
     if len(colo.history):
@@ -391,7 +392,7 @@ def _plot_evidence(colo: ColoLab, artifacts: Path) -> None:
 
 
 @pytest.fixture
-def colo(start_colo: Callable[..., ColoLab], colo_settings: Settings) -> ColoLab:
+def colo(start_colo: Callable[..., ColoRun], colo_settings: Settings) -> ColoRun:
     """A COLO pair running with the configured checkpoint delay and the guest agent ready."""
     lab = start_colo(colo_settings.checkpoint_delay)
     lab.wait_agent_ready()

@@ -1,6 +1,6 @@
 """The embedded default lab: network namespaces standing in for the lab hosts (pyroute2 only).
 
-``LocalLab(topology).create()`` builds, entirely inside namespaces (nothing is made in the
+``EmbeddedLab(topology).create()`` builds, entirely inside namespaces (nothing is made in the
 root namespace, not even transiently)::
 
     pri: lo, br0, tap0 (enslaved to br0), rep0 (10.22.x.2), ext0 (enslaved to br0), ifb0,
@@ -12,321 +12,54 @@ Links get no IPv6 (``disable_ipv6`` defaults to 1 in the lab's namespaces), so t
 no router solicitations, MLD or DAD frames on the VM's network and the ifb counters count
 only the VM's traffic; the VM's own IPv6 frames are still bridged.
 
-Every item is recorded when made, in ``LocalLab.created`` and as a JSON line in the optional
+Every item is recorded when made, in ``EmbeddedLab.created`` and as a JSON line in the optional
 ledger file, and ``destroy()`` removes exactly those items in reverse order. Ledger lines look
 like ``{"op": "created", "kind": "link", "name": "colo-ab12cd0-pri/rep0", ...}``; kinds and
 names are ``netns NS``, ``link NS/IFNAME``, ``qdisc NS/DEV/ingress``, ``filter
 NS/DEV/ingress/PRIO``; ``janitor.clean(path)`` removes what a killed run left.
 """
 
+
 from __future__ import annotations
 
-import errno
-import ipaddress
 import json
 import os
 import socket
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from pyroute2 import IPRoute
 from pyroute2 import netns as pr_netns
 from pyroute2.netlink.exceptions import NetlinkError
 
-from colo_fixtures.core.verdicts import LabError, Unreachable
+from colo_fixtures.core.verdicts import LabError
+from colo_fixtures.lab.namespaces import (
+    ETH_P_IP,
+    FILTER_PRIO,
+    FILTER_TARGET,
+    INGRESS,
+    KIND_HINTS,
+    PLUG_HANDLE,
+    PLUG_LIMIT,
+    RATE_HANDLE,
+    TC_H_ROOT,
+    action_packets,
+    call_in_ns,
+    connect_in_ns,
+    ipr_in,
+    lab_step,
+    link_index,
+    netns_exists,
+    quiet_ipv6,
+    remove_items,
+    require_index,
+    stats64,
+)
 from colo_fixtures.lab.topology import HostSpec, Topology
 
-NETNS_DIR = Path("/run/netns")
-INGRESS = 0xFFFF0000  # "ffff:", the ingress qdisc's handle and its filters' parent
-TC_H_ROOT = 0xFFFFFFFF
-ETH_P_IP = 0x0800  # the seed's "proto ip"
-FILTER_PRIO = 10  # the seed's "pref 10"
-FILTER_TARGET = 0x10020  # u32 classid ("flowid 1:20"); pyroute2 needs one, ingress ignores it
-PLUG_HANDLE = 0x10000
-RATE_HANDLE = 0x10000  # "1:", the replication link's tbf (--replication-rate)
-PLUG_LIMIT = 32768
-_GONE = frozenset({errno.ENOENT, errno.ENODEV, errno.ESRCH, errno.EINVAL})
-_KIND_HINTS = {
-    "bridge": "module bridge missing (modprobe bridge)",
-    "veth": "module veth missing (modprobe veth)",
-    "ifb": "module ifb missing (modprobe ifb)",
-    "tuntap": "no /dev/net/tun (modprobe tun)",
-}
 
-T = TypeVar("T")
-
-
-__all__ = ["LabError", "LocalLab", "Unreachable", "connect_in_ns"]
-
-
-# ---------------------------------------------------------------- namespaces and sockets
-
-
-def _netns_path(name: str) -> Path:
-    if not name or "/" in name or name in (".", ".."):
-        raise ValueError(f"bad namespace name {name!r}")
-    return NETNS_DIR / name
-
-
-def netns_exists(name: str) -> bool:
-    """True if the named namespace (``/run/netns/NAME``) exists."""
-    return _netns_path(name).exists()
-
-
-def call_in_ns(name: str, fn: Callable[[], T], timeout: float = 10.0) -> T:
-    """Run ``fn`` in a fresh helper thread that has entered namespace ``name``; return its result.
-
-    setns() moves only the calling thread, and sockets, tap fds and sysctl files keep the
-    namespace they were opened in, so what ``fn`` opens is usable from any thread afterwards.
-    """
-    path = _netns_path(name)
-    box: dict[str, Any] = {}
-
-    def runner() -> None:
-        try:
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                pr_netns.setns(fd, flags=0)
-            finally:
-                os.close(fd)
-            box["value"] = fn()
-        except BaseException as exc:
-            box["error"] = exc
-
-    thread = threading.Thread(target=runner, name=f"netns:{name}", daemon=True)
-    thread.start()
-    thread.join(timeout)
-    if thread.is_alive():
-        raise LabError(f"helper thread in namespace {name} did not finish within {timeout:g}s")
-    if "error" in box:
-        error = box["error"]
-        if isinstance(error, FileNotFoundError) and not path.exists():
-            raise LabError(f"namespace {name} does not exist") from error
-        raise error
-    return box["value"]
-
-
-def ns_socket(
-    netns: str, family: int = socket.AF_INET, type: int = socket.SOCK_STREAM
-) -> socket.socket:
-    """A socket created inside ``netns`` (setns in a short-lived helper thread: sockets stay in
-    the namespace they were created in), usable from any thread."""
-    return call_in_ns(netns, lambda: socket.socket(family, type))
-
-
-def connect_in_ns(netns: str, host: str, port: int, timeout: float) -> socket.socket:
-    """TCP connect from inside ``netns`` with retries until ``timeout``; on timeout raise
-    LabError naming netns/host/port and the last errno. The socket is returned blocking."""
-    family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
-    deadline = time.monotonic() + timeout
-    last = "no attempt"
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise Unreachable(
-                f"cannot connect from namespace {netns} to {host}:{port} "
-                f"within {timeout:g}s: last error {last}"
-            )
-        sock = ns_socket(netns, family, socket.SOCK_STREAM)
-        try:
-            sock.settimeout(min(remaining, 2.0))
-            sock.connect((host, port))
-        except OSError as exc:
-            sock.close()
-            last = _errno_text(exc)
-            time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
-            continue
-        sock.settimeout(None)
-        return sock
-
-
-def ns_exec_argv(netns: str, argv: list[str]) -> list[str]:
-    """argv that runs ``argv`` inside ``netns`` (nsenter execs, so the PID is the program's)."""
-    _netns_path(netns)
-    return ["nsenter", f"--net={NETNS_DIR / netns}", "--", *argv]
-
-
-# ---------------------------------------------------------------- error text
-
-
-def _errno_text(exc: BaseException) -> str:
-    code = getattr(exc, "code", None) if isinstance(exc, NetlinkError) else None
-    if code is None and isinstance(exc, OSError):
-        code = exc.errno
-    if isinstance(exc, TimeoutError) and code is None:
-        return "timed out"
-    if code:
-        return f"{errno.errorcode.get(code, code)} ({os.strerror(code)})"
-    return " ".join(str(exc).split()) or type(exc).__name__
-
-
-def _reason(exc: BaseException, hint: str | None = None) -> str:
-    """One line: the errno (or exception text) plus, for 'missing feature' errors, the hint."""
-    text = _errno_text(exc)
-    code = exc.code if isinstance(exc, NetlinkError) else getattr(exc, "errno", None)
-    if hint and code in (errno.EOPNOTSUPP, errno.ENOENT, errno.ENODEV):
-        return f"{hint} [{text}]"
-    return text
-
-
-@contextmanager
-def _step(what: str, hint: str | None = None) -> Iterator[None]:
-    """Turn any low-level error inside the block into ``LabError("WHAT: REASON")``."""
-    try:
-        yield
-    except LabError:
-        raise
-    except (OSError, NetlinkError, ValueError, RuntimeError) as exc:
-        raise LabError(f"{what}: {_reason(exc, hint)}") from exc
-
-
-# ---------------------------------------------------------------- netlink helpers
-
-
-def _quiet_ipv6() -> None:
-    """In the calling thread's namespace: links made from now on get no IPv6 (no link-local
-    address, no router solicitations, MLD or DAD), so the only traffic on the lab's wires is
-    what tests and VMs send. Bridged IPv6 frames of the VM still pass."""
-    path = Path("/proc/sys/net/ipv6/conf/default/disable_ipv6")
-    if path.exists():  # absent when the kernel has no IPv6
-        path.write_text("1\n")
-
-
-def _open_ipr(name: str) -> IPRoute | None:
-    """An IPRoute bound to namespace ``name``, or None if it does not exist.
-
-    flags=0 matters: pyroute2 0.9's default (O_CREAT) silently creates a missing namespace.
-    """
-    if not netns_exists(name):
-        return None
-    try:
-        return IPRoute(netns=name, flags=0)
-    except FileNotFoundError:
-        return None
-
-
-@contextmanager
-def _ipr(name: str) -> Iterator[IPRoute]:
-    ipr = _open_ipr(name)
-    if ipr is None:
-        raise LabError(f"namespace {name} does not exist (was the lab created?)")
-    try:
-        yield ipr
-    finally:
-        ipr.close()
-
-
-def _index(ipr: IPRoute, ifname: str) -> int | None:
-    found = ipr.link_lookup(ifname=ifname)
-    return found[0] if found else None
-
-
-def _require_index(ipr: IPRoute, ns: str, ifname: str) -> int:
-    index = _index(ipr, ifname)
-    if index is None:
-        raise LabError(f"no interface {ifname} in namespace {ns}")
-    return index
-
-
-def _stats64(ipr: IPRoute, index: int) -> dict[str, int]:
-    stats = ipr.get_links(index)[0].get("stats64") or {}
-    return {key: int(value) for key, value in stats.items()}
-
-
-def _action_packets(msg: Any) -> int | None:
-    """Packets counted by the first action of a u32 filter dump message, if present."""
-    try:
-        stats = (
-            msg.get_attr("TCA_OPTIONS")
-            .get_attr("TCA_U32_ACT")
-            .get_attr("TCA_ACT_PRIO_1")
-            .get_attr("TCA_ACT_STATS")
-            .get_attr("TCA_STATS_BASIC")
-        )
-        return int(stats["packets"])
-    except (AttributeError, KeyError, TypeError):
-        return None
-
-
-_NAME_PARTS = {"link": 2, "qdisc": 3, "filter": 4}  # NS/IFNAME, NS/DEV/ingress, NS/DEV/ingress/PRIO
-
-
-def _split(name: str, parts: int) -> list[str]:
-    fields = name.split("/")
-    if len(fields) != parts or not all(fields):
-        raise ValueError(f"bad ledger name {name!r}")
-    return fields
-
-
-def _remove(kind: str, name: str, iprs: dict[str, IPRoute | None]) -> bool:
-    """Remove one recorded item; False if it was already gone. ``iprs`` caches IPRoutes."""
-    if kind == "netns":
-        ipr = iprs.pop(name, None)
-        if ipr is not None:
-            ipr.close()
-        if not netns_exists(name):
-            return False
-        try:
-            pr_netns.remove(name)
-        except FileNotFoundError:
-            return False
-        return True
-    ns = name.split("/", 1)[0]
-    if ns not in iprs:
-        iprs[ns] = _open_ipr(ns)
-    ipr = iprs[ns]
-    if ipr is None:
-        return False
-    if kind not in _NAME_PARTS:
-        raise ValueError(f"unknown ledger kind {kind!r}")
-    fields = _split(name, _NAME_PARTS[kind])
-    index = _index(ipr, fields[1])
-    if index is None:
-        return False
-    try:
-        if kind == "link":
-            ipr.link("del", index=index)
-        elif kind == "qdisc":
-            ipr.tc("del", "ingress", index, INGRESS)
-        else:
-            ipr.tc("del-filter", index=index, parent=INGRESS, prio=int(fields[3]))
-    except NetlinkError as exc:
-        if exc.code in _GONE:
-            return False
-        raise
-    return True
-
-
-def remove_items(items: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """Remove recorded items in reverse order, skipping what is already gone.
-
-    Returns the items that could not be removed (empty on success). Never raises for
-    already-gone items; other failures are left in the returned list.
-    """
-    failed: list[tuple[str, str]] = []
-    iprs: dict[str, IPRoute | None] = {}
-    try:
-        for kind, name in reversed(items):
-            try:
-                _remove(kind, name, iprs)
-            except Exception:  # keep going: remove as much as possible, report the rest
-                failed.append((kind, name))
-    finally:
-        for ipr in iprs.values():
-            if ipr is not None:
-                ipr.close()
-    failed.reverse()
-    return failed
-
-
-# ---------------------------------------------------------------- the lab
-
-
-class LocalLab:
+class EmbeddedLab:
     """Creates the topology's namespaces and links; destroys exactly what it created."""
 
     def __init__(self, topo: Topology, ledger: Path | None = None, replication_mbit: int = 0):
@@ -336,7 +69,7 @@ class LocalLab:
         self.created: list[tuple[str, str]] = []
         self.plug_available: bool = False
 
-    def __enter__(self) -> LocalLab:
+    def __enter__(self) -> EmbeddedLab:
         self.create()
         return self
 
@@ -389,7 +122,7 @@ class LocalLab:
             raise LabError(
                 f"namespace {name} already exists: a previous run left it; run tools/janitor"
             )
-        with _step(f"cannot create namespace {name}"):
+        with lab_step(f"cannot create namespace {name}"):
             try:
                 pr_netns.create(name)
             except FileExistsError:
@@ -397,31 +130,31 @@ class LocalLab:
                     f"namespace {name} already exists: a previous run left it; run tools/janitor"
                 ) from None
         self._record("netns", name)
-        with _step(f"cannot turn IPv6 autoconfiguration off in {name}"):
-            call_in_ns(name, _quiet_ipv6)
-        with _step(f"cannot open namespace {name}"):
+        with lab_step(f"cannot turn IPv6 autoconfiguration off in {name}"):
+            call_in_ns(name, quiet_ipv6)
+        with lab_step(f"cannot open namespace {name}"):
             ipr = IPRoute(netns=name, flags=0)
-        with _step(f"cannot set lo up in {name}"):
-            ipr.link("set", index=_require_index(ipr, name, "lo"), state="up")
+        with lab_step(f"cannot set lo up in {name}"):
+            ipr.link("set", index=require_index(ipr, name, "lo"), state="up")
         return ipr
 
     def _add_link(self, ipr: IPRoute, ns: str, ifname: str, kind: str, **spec: Any) -> int:
         """Create one link inside ``ns``, record it and return its index."""
-        if _index(ipr, ifname) is not None:  # tuntap "add" would silently reuse an existing tap
+        if link_index(ipr, ifname) is not None:  # tuntap "add" would silently reuse an existing tap
             raise LabError(f"interface {ifname} already exists in namespace {ns}")
-        with _step(f"cannot create {kind} device {ifname} in {ns}", _KIND_HINTS.get(kind)):
+        with lab_step(f"cannot create {kind} device {ifname} in {ns}", KIND_HINTS.get(kind)):
             ipr.link("add", ifname=ifname, kind=kind, **spec)
         self._record("link", f"{ns}/{ifname}")
-        return _require_index(ipr, ns, ifname)
+        return require_index(ipr, ns, ifname)
 
     def _set(self, ipr: IPRoute, ns: str, ifname: str, **spec: Any) -> None:
         words = " ".join(f"{key}={value}" for key, value in spec.items())
-        with _step(f"cannot set {words} on {ns}/{ifname}"):
-            ipr.link("set", index=_require_index(ipr, ns, ifname), **spec)
+        with lab_step(f"cannot set {words} on {ns}/{ifname}"):
+            ipr.link("set", index=require_index(ipr, ns, ifname), **spec)
 
     def _add_addr(self, ipr: IPRoute, ns: str, ifname: str, address: str, prefix: int) -> None:
-        with _step(f"cannot add address {address}/{prefix} to {ns}/{ifname}"):
-            index = _require_index(ipr, ns, ifname)
+        with lab_step(f"cannot add address {address}/{prefix} to {ns}/{ifname}"):
+            index = require_index(ipr, ns, ifname)
             ipr.addr("add", index=index, address=address, prefixlen=prefix)
 
     def _make_vm_bridge(self, ipr: IPRoute, host: HostSpec, enslave_tap: bool) -> None:
@@ -456,9 +189,9 @@ class LocalLab:
         """A token bucket as the root qdisc of ``ifname``: at most ``replication_mbit``
         Mbit/s leave it (10 ms of burst). It goes with the link."""
         rate = self.replication_mbit * 1_000_000 // 8  # bytes per second
-        with _step(f"cannot limit {ns}/{ifname} to {self.replication_mbit} Mbit/s",
+        with lab_step(f"cannot limit {ns}/{ifname} to {self.replication_mbit} Mbit/s",
                    "module sch_tbf missing (modprobe sch_tbf)"):
-            ipr.tc("add", "tbf", _require_index(ipr, ns, ifname), RATE_HANDLE, rate=rate,
+            ipr.tc("add", "tbf", require_index(ipr, ns, ifname), RATE_HANDLE, rate=rate,
                    burst=max(rate // 100, 16_384), latency="100ms")
 
     def _make_replication_switch(self, iprs: dict[str, IPRoute], cli: HostSpec) -> None:
@@ -492,9 +225,9 @@ class LocalLab:
     ) -> None:
         ext, peer = _need(host.ext_if, host, "ext_if"), _need(host.ext_peer, host, "ext_peer")
         self._add_veth(ipr, host.netns, ext, cli.netns, peer)
-        self._set(ipr, host.netns, ext, master=_require_index(ipr, host.netns, host.bridge))
+        self._set(ipr, host.netns, ext, master=require_index(ipr, host.netns, host.bridge))
         self._set(cli_ipr, cli.netns, peer,
-                  master=_require_index(cli_ipr, cli.netns, cli.bridge))
+                  master=require_index(cli_ipr, cli.netns, cli.bridge))
         self._set(ipr, host.netns, ext, state="up")
         self._set(cli_ipr, cli.netns, peer, state="up")
 
@@ -503,12 +236,12 @@ class LocalLab:
         ns, tap, ifb = host.netns, _need(host.tap, host, "tap"), _need(host.ifb, host, "ifb")
         ifb_index = self._add_link(ipr, ns, ifb, "ifb")
         self._set(ipr, ns, ifb, state="up")
-        tap_index = _require_index(ipr, ns, tap)
-        with _step(f"cannot add ingress qdisc on {ns}/{tap}",
+        tap_index = require_index(ipr, ns, tap)
+        with lab_step(f"cannot add ingress qdisc on {ns}/{tap}",
                    "module sch_ingress missing (modprobe sch_ingress)"):
             ipr.tc("add", "ingress", tap_index, INGRESS)
         self._record("qdisc", f"{ns}/{tap}/ingress")
-        with _step(f"cannot add u32 filter with mirred redirect to {ifb} on {ns}/{tap}",
+        with lab_step(f"cannot add u32 filter with mirred redirect to {ifb} on {ns}/{tap}",
                    "modules cls_u32/act_mirred missing (modprobe cls_u32 act_mirred)"):
             ipr.tc(
                 "add-filter", "u32", tap_index,
@@ -522,12 +255,12 @@ class LocalLab:
     def _probe_plug(self, ipr: IPRoute, host: HostSpec) -> bool:
         """Can a ``plug`` qdisc (sch_plug, vm-ft's output buffer) be added on ifb0? Not left."""
         ns, ifb = host.netns, _need(host.ifb, host, "ifb")
-        index = _require_index(ipr, ns, ifb)
+        index = require_index(ipr, ns, ifb)
         try:
             ipr.tc("add", "plug", index, PLUG_HANDLE, limit=PLUG_LIMIT)
         except NetlinkError:
             return False
-        with _step(f"cannot delete the probe plug qdisc on {ns}/{ifb}"):
+        with lab_step(f"cannot delete the probe plug qdisc on {ns}/{ifb}"):
             ipr.tc("del", index=index, handle=PLUG_HANDLE, parent=TC_H_ROOT)
         return True
 
@@ -571,15 +304,15 @@ class LocalLab:
         """Enslave that host's tap to its bridge (set master) and set it up."""
         host = self._vm_host(role)
         tap = _need(host.tap, host, "tap")
-        with _ipr(host.netns) as ipr:
-            bridge = _require_index(ipr, host.netns, host.bridge)
+        with ipr_in(host.netns) as ipr:
+            bridge = require_index(ipr, host.netns, host.bridge)
             self._set(ipr, host.netns, tap, master=bridge)
             self._set(ipr, host.netns, tap, state="up")
 
     def detach_tap(self, role: str) -> None:
         """Release that host's tap from its bridge (it stays up)."""
         host = self._vm_host(role)
-        with _ipr(host.netns) as ipr:
+        with ipr_in(host.netns) as ipr:
             self._set(ipr, host.netns, _need(host.tap, host, "tap"), master=0)
 
     def connect(self, address: str, port: int, timeout: float) -> socket.socket:
@@ -590,18 +323,18 @@ class LocalLab:
         """Counters of the primary's redirection: ifb0 rx/tx, tap0 rx and the mirred action."""
         host = self.topo.primary
         ns, tap, ifb = host.netns, _need(host.tap, host, "tap"), _need(host.ifb, host, "ifb")
-        with _ipr(ns) as ipr:
-            ifb_stats = _stats64(ipr, _require_index(ipr, ns, ifb))
-            tap_index = _require_index(ipr, ns, tap)
-            tap_stats = _stats64(ipr, tap_index)
-            with _step(f"cannot dump filters on {ns}/{tap}"):
+        with ipr_in(ns) as ipr:
+            ifb_stats = stats64(ipr, require_index(ipr, ns, ifb))
+            tap_index = require_index(ipr, ns, tap)
+            tap_stats = stats64(ipr, tap_index)
+            with lab_step(f"cannot dump filters on {ns}/{tap}"):
                 filters = ipr.get_filters(index=tap_index, parent=INGRESS)
         result = {
             "ifb_rx_packets": ifb_stats.get("rx_packets", 0),
             "ifb_tx_packets": ifb_stats.get("tx_packets", 0),
             "tap_rx_packets": tap_stats.get("rx_packets", 0),
         }
-        counts = [n for n in map(_action_packets, filters) if n is not None]
+        counts = [n for n in map(action_packets, filters) if n is not None]
         if counts:
             result["filter_packets"] = sum(counts)
         return result
@@ -613,7 +346,7 @@ class LocalLab:
         for role, host in self.topo.hosts.items():
             lines.append(f"--- {role} ({host.netns})")
             try:
-                with _ipr(host.netns) as ipr:
+                with ipr_in(host.netns) as ipr:
                     names = {link["index"]: link.get_attr("IFLA_IFNAME")
                              for link in ipr.get_links()}
                     for link in ipr.get_links():
@@ -641,8 +374,8 @@ class LocalLab:
     def link_stats(self, role: str, ifname: str) -> dict[str, int]:
         """The kernel's 64-bit counters (rx_packets, tx_bytes, ...) of ``ifname`` on that host."""
         host = self.topo.host(role)
-        with _ipr(host.netns) as ipr:
-            return _stats64(ipr, _require_index(ipr, host.netns, ifname))
+        with ipr_in(host.netns) as ipr:
+            return stats64(ipr, require_index(ipr, host.netns, ifname))
 
     def _vm_host(self, role: str) -> HostSpec:
         host = self.topo.host(role)
@@ -655,52 +388,3 @@ def _need(value: str | None, host: HostSpec, field: str) -> str:
     if value is None:
         raise LabError(f"topology: {host.role} has no {field}")
     return value
-
-
-def probe_output_path() -> list[tuple[str, bool, str]]:
-    """vm-ft's output path, tried for real in a throwaway namespace that is always removed.
-
-    Returns ``(item, ok, detail)`` for ``ifb`` (an ifb device), ``mirred redirect`` (the
-    seed's ingress qdisc with a u32 match-all mirred redirect into it) and ``plug qdisc``
-    (``sch_plug`` on the ifb device, vm-ft's output buffer).
-    """
-    name = f"colo-probe-{os.getpid()}-{threading.get_ident() % 10000}"
-    results: list[tuple[str, bool, str]] = []
-    pr_netns.create(name)
-    try:
-        with _ipr(name) as ipr:
-            try:
-                ipr.link("add", ifname="ifb0", kind="ifb")
-                ipr.link("add", ifname="probe0", kind="veth", peer={"ifname": "probe1"})
-                ifb = _require_index(ipr, name, "ifb0")
-                dummy = _require_index(ipr, name, "probe0")
-                for index in (ifb, dummy):
-                    ipr.link("set", index=index, state="up")
-                results.append(("ifb", True, "ifb device created"))
-            except (NetlinkError, OSError, LabError) as exc:
-                return [("ifb", False, f"cannot create an ifb device: {_reason(exc)}; load the "
-                         "module (modprobe ifb) or use a kernel with CONFIG_IFB"),
-                        ("mirred redirect", False, "not checked: needs ifb"),
-                        ("plug qdisc", False, "not checked: needs ifb")]
-            try:
-                ipr.tc("add", "ingress", dummy, INGRESS)
-                ipr.tc("add-filter", "u32", dummy, parent=INGRESS, prio=FILTER_PRIO,
-                       protocol=ETH_P_IP, target=FILTER_TARGET, keys=["0x0/0x0+0"],
-                       action={"kind": "mirred", "direction": "egress", "action": "redirect",
-                               "ifindex": ifb})
-                results.append(("mirred redirect", True, "ingress u32 mirred redirect added"))
-            except (NetlinkError, OSError) as exc:
-                results.append(("mirred redirect", False, f"ingress u32 mirred redirect "
-                                f"refused: {_reason(exc)}; load sch_ingress, cls_u32 and "
-                                "act_mirred (modprobe) or use a kernel that has them"))
-            try:
-                ipr.tc("add", "plug", ifb, PLUG_HANDLE, limit=PLUG_LIMIT)
-                results.append(("plug qdisc", True, "plug qdisc added on ifb0"))
-            except (NetlinkError, OSError) as exc:
-                results.append(("plug qdisc", False, f"plug qdisc refused: {_reason(exc)}; "
-                                "vm-ft buffers output with sch_plug: modprobe sch_plug, or "
-                                f"use a kernel with CONFIG_NET_SCH_PLUG (this one: "
-                                f"{os.uname().release})"))
-    finally:
-        pr_netns.remove(name)
-    return results
