@@ -18,7 +18,7 @@ from pathlib import Path
 import allure
 import pytest
 
-from colo_fixtures.sut.colo_pair import VmConfig, machine_argv
+from colo_fixtures.sut.colo_argv import VmConfig, machine_argv
 from colo_fixtures.sut.disks import scratch_root
 from colo_fixtures.sut.guest.agent import AGENT_PORT
 from colo_fixtures.sut.guest.image import kernel_cmdline

@@ -6,7 +6,7 @@ import subprocess
 from pathlib import Path
 
 from colo_fixtures.lab.topology import local_topology
-from colo_fixtures.sut.colo_pair import VmConfig, primary_argv, proxy_objects, secondary_argv
+from colo_fixtures.sut.colo_argv import VmConfig, primary_argv, proxy_objects, secondary_argv
 from colo_fixtures.sut.disks import SecondaryDisks
 
 VM = VmConfig(Path("/opt/qemu"), ("-L", "/usr/share/qemu"), "tcg", 256, Path("/g/vmlinuz"),

@@ -56,3 +56,12 @@ def test_the_package_as_it_is_passes_only_in_its_own_order() -> None:
     """The check can fail on the real package: reversed layers are all upward imports."""
     graph = import_graph(PACKAGE)
     assert upward_imports(graph, "colo_fixtures", tuple(reversed(LAYERS)))
+
+
+def test_a_module_over_400_lines_says_why_at_its_top() -> None:
+    long = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        text = path.read_text()
+        if text.count("\n") > 400 and "Over 400 lines:" not in text[:text.find('"""', 3)]:
+            long.append(f"{path.relative_to(PACKAGE)} ({text.count(chr(10))} lines)")
+    assert long == [], "split them, or say why at the top ('Over 400 lines: ...')"

@@ -19,7 +19,6 @@ names are ``netns NS``, ``link NS/IFNAME``, ``qdisc NS/DEV/ingress``, ``filter
 NS/DEV/ingress/PRIO``; ``janitor.clean(path)`` removes what a killed run left.
 """
 
-
 from __future__ import annotations
 
 import json

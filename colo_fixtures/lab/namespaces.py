@@ -4,7 +4,6 @@ netlink helpers the embedded lab builds with, removing recorded items (the ledge
 ``NS/DEV/ingress`` and ``NS/DEV/ingress/PRIO``), and vm-ft's output-path probe.
 """
 
-
 from __future__ import annotations
 
 import errno

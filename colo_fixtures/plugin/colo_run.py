@@ -1,8 +1,7 @@
-"""The COLO lab fixture: a test's artifacts folder, ``start_colo`` (lab network, scratch,
-the COLO pair) and ``colo``, the vm-ft group, and their teardown, which keeps every log
-and runs the log analyzer.
+"""The COLO run fixtures: a test's artifacts folder, ``start_colo`` (lab network, scratch,
+the COLO pair) and ``colo``, and their teardown, which keeps every log and runs the log
+analyzer. ``ColoRun`` is what a test holds: the pair, its lab, its clients and history.
 """
-
 
 from __future__ import annotations
 
@@ -40,15 +39,13 @@ from colo_fixtures.plugin.options import RUN_ID
 from colo_fixtures.report import allure_glue as report
 from colo_fixtures.report.plots import checkpoint_timeline, client_latency, pause_histogram
 from colo_fixtures.sut.build import QemuBuild
-from colo_fixtures.sut.colo_pair import ColoPair, VmConfig
+from colo_fixtures.sut.colo_argv import VmConfig
+from colo_fixtures.sut.colo_pair import ColoPair
 from colo_fixtures.sut.disks import scratch_root
 from colo_fixtures.sut.guest.agent import AGENT_PORT, AgentClient
 from colo_fixtures.sut.guest.image import GuestImage, kernel_cmdline
 from colo_fixtures.sut.logscan import Finding, miscompare_storm, scan, verdict_of
 from colo_fixtures.sut.trace import checkpoints, read_trace
-from colo_fixtures.sut.vmft.build import VmftBuild
-from colo_fixtures.sut.vmft.group import VmftGroup
-from colo_fixtures.sut.vmft.node import VmftVm
 from colo_fixtures.workload.client import Workload
 from colo_fixtures.workload.history import History
 from colo_fixtures.workload.nemesis import Faults
@@ -82,7 +79,8 @@ def artifacts(request: pytest.FixtureRequest, colo_settings: Settings) -> Path:
 
 @dataclass
 class ColoRun:
-    """A running COLO pair on the embedded lab, with a way to reach its guest agent."""
+    """A test's COLO run: the running pair, its lab (embedded or inventory), the clients and
+    their history, and a way to reach the guest agent."""
 
     topology: Topology
     lab: EmbeddedLab | InventoryLab
@@ -254,7 +252,7 @@ def start_colo(request: pytest.FixtureRequest, colo_settings: Settings, qemu_bui
     keep = failed and s.keep_on_failure
     findings: list[Finding] = []
     with contextlib.ExitStack() as teardown:  # every step runs, even after an interrupt
-        teardown.callback(_remove_scratch, scratch, artifacts / LEDGER_NAME, keep)
+        teardown.callback(remove_scratch, scratch, artifacts / LEDGER_NAME, keep)
         for colo in reversed(started):  # the stack runs the last pushed first
             teardown.callback(_tear_down, colo, artifacts, failed, keep, findings)
     known = [(f, k) for f in findings if (k := explaining_line(f.line)) is not None]
@@ -269,40 +267,6 @@ def start_colo(request: pytest.FixtureRequest, colo_settings: Settings, qemu_bui
     findings = [f for f in findings if explaining_line(f.line) is None]
     if findings:  # also after a failed call: the analyzer's verdict is always reported
         raise verdict_of(findings)
-
-
-@pytest.fixture
-def vmft_group(colo_settings: Settings, vmft_build: VmftBuild, guest_image: GuestImage,
-               accel: str, artifacts: Path, worker_id_safe: str) -> Iterator[VmftGroup]:
-    """Three vm-ft nodes (primary, secondary, sentinel) on a three-host lab, Paxos leader
-    elected; the test starts COLO. Every node is stopped and the lab removed afterwards."""
-    s = colo_settings
-    topo = local_topology(worker_id_safe, RUN_ID, sentinel=True)
-    vm = VmftVm(image=Path("/dev/null"), memory_mib=s.guest_memory, mac=topo.vm_mac,
-                accel=accel, kernel=guest_image.kernel, initrd=guest_image.initrd,
-                append=kernel_cmdline(f"{topo.vm_addr}/24", AGENT_PORT))
-    ledger = artifacts / LEDGER_NAME
-    with EmbeddedLab(topo, ledger=ledger):
-        run_dir = Path(tempfile.mkdtemp(prefix=f"vmft-{topo.run_tag}-", dir=scratch_root()))
-        write_entry(ledger, "created", "dir", str(run_dir))
-        hosts = namespace_hosts(topo)
-        group = VmftGroup(vmft_build, vm, topo, hosts, run_dir, artifacts, s.wait_timeout)
-        try:
-            group.start_nodes()
-            group.wait_leader()
-            yield group
-        finally:
-            with contextlib.ExitStack() as teardown:  # every step runs, even after an interrupt
-                teardown.callback(_remove_scratch, [run_dir], ledger, False)
-                teardown.callback(report.attach_run, artifacts)
-                teardown.callback(_save_dare_logs, group, artifacts)
-                teardown.callback(group.stop)
-
-
-def _save_dare_logs(group: VmftGroup, artifacts: Path) -> None:
-    for node in group.nodes.values():
-        if node.dare_log.exists():
-            shutil.copy2(node.dare_log, artifacts / f"{node.role}-dare.log")
 
 
 def _tear_down(colo: ColoRun, artifacts: Path, failed: bool, keep: bool,
@@ -331,7 +295,7 @@ def _tear_down(colo: ColoRun, artifacts: Path, failed: bool, keep: bool,
             steps.callback(colo.pair.stop)
 
 
-def _remove_scratch(scratch: list[Path], ledger: Path, keep: bool) -> None:
+def remove_scratch(scratch: list[Path], ledger: Path, keep: bool) -> None:
     """Remove the test's scratch directories (or say where they were kept)."""
     for root in scratch:
         if keep:

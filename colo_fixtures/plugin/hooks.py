@@ -2,7 +2,6 @@
 that proved nothing, how often each known issue fired, the report's files at the end.
 """
 
-
 from __future__ import annotations
 
 import contextlib

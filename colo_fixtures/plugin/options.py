@@ -3,7 +3,6 @@ an environment variable), its markers, the validated settings and inventory, and
 SIGTERM policy.
 """
 
-
 from __future__ import annotations
 
 import argparse

@@ -2,7 +2,6 @@
 accelerator, vm-ft's build and the vm-ft preflight.
 """
 
-
 from __future__ import annotations
 
 import os
@@ -27,7 +26,6 @@ from colo_fixtures.sut.build import BuildError, QemuBuild, probe_capabilities, p
 from colo_fixtures.sut.cache import CacheError
 from colo_fixtures.sut.guest.image import GuestBuildError, GuestImage, build_guest
 from colo_fixtures.sut.preflight import Preflight, run_preflight
-from colo_fixtures.sut.vmft.build import VmftBuild, build_vmft
 
 LACKS_COLO = "lacks COLO support"  # the skip reason of a QEMU without COLO
 
@@ -124,24 +122,6 @@ def accel(colo_settings: Settings, qemu_build: QemuBuild, guest_image: GuestImag
 def worker_id_safe(request: pytest.FixtureRequest) -> str:
     """The xdist worker id ("master" without xdist)."""
     return os.environ.get("PYTEST_XDIST_WORKER", "master")
-
-
-@pytest.fixture(scope="session")
-def vmft_build(colo_settings: Settings) -> VmftBuild:
-    """The lab's vm-ft tree built (rdma-paxos, then its QEMU), cached by content hash."""
-    s = colo_settings
-    if s.vmft_root is None:
-        pytest.skip("no vm-ft tree: pass --vmft-root DIR or set VMFT_ROOT")
-    try:
-        build = build_vmft(s.vmft_root, s.cache_dir, s.vmft_patches, s.vmft_cflags,
-                           s.vmft_configure, s.python2)
-    except BuildError as exc:
-        if exc.log:
-            report.attach_file(exc.log, "vm-ft build log")
-        pytest.fail(f"vm-ft build failed: {exc}", pytrace=False)
-    report.environment(vmft_root=s.vmft_root, vmft_build_key=build.key,
-                       vmft_patches=",".join(build.patches) or "none")
-    return build
 
 
 PREFLIGHT_KEY = pytest.StashKey[Preflight]()

@@ -10,6 +10,9 @@
 - ``connect_unix`` gives a local socket connected to a remote unix socket (QMP) through an SSH
   channel running ``socat`` on the host: no TCP port is opened for it.
 - A key passphrase is used to decrypt the key and is never logged or shown in errors.
+
+Over 400 lines: ``SshHost`` is the whole ``Host`` interface over one transport (commands,
+files, processes, sockets), as ``local.py`` is for namespaces.
 """
 
 from __future__ import annotations

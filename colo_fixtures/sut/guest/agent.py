@@ -1,6 +1,5 @@
 """The guest agent's line protocol (PING, CLOCK, PUT, GET, MEM, STAT, ...) and its client."""
 
-
 from __future__ import annotations
 
 import re

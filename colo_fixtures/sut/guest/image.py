@@ -1,6 +1,5 @@
 """The guest image: kernel, initramfs (busybox, ``/init``, the agent), the boot parameters."""
 
-
 from __future__ import annotations
 
 import contextlib

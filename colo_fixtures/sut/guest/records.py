@@ -1,6 +1,5 @@
 """The agent's disk log: one 512-byte sector per acknowledged PUT, CRC-checked."""
 
-
 from __future__ import annotations
 
 import struct
