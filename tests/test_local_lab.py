@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import select
 import socket
@@ -30,6 +31,7 @@ from colo_fixtures.lab.namespaces import (
     ns_socket,
 )
 from colo_fixtures.lab.topology import HostSpec, Topology, local_topology
+from colo_fixtures.lab.vm_network import HostNetwork
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or not os.path.exists("/dev/net/tun"),
@@ -116,6 +118,29 @@ def test_tap_is_a_plain_persistent_tap(lab: EmbeddedLab) -> None:
         assert info["IFLA_TUN_PERSIST"] == 1
         assert info["IFLA_TUN_VNET_HDR"] == 0
         assert info["IFLA_TUN_PI"] == 0
+
+
+def test_vm_network_is_the_code_ssh_hosts_run(tmp_path: Path,
+                                              caplog: pytest.LogCaptureFixture) -> None:
+    """Bridge, tap and ifb redirect are made by ``HostNetwork`` as ``ip``/``tc`` commands in
+    each namespace, as on an SSH lab host, and recorded in the ledger as before."""
+    topo = _topology()
+    the_lab = EmbeddedLab(topo, ledger=tmp_path / "ledger.jsonl")
+    with caplog.at_level(logging.DEBUG, logger="colo.host"):
+        the_lab.create()
+    try:
+        assert all(isinstance(the_lab.networks[role], HostNetwork)
+                   for role in ("primary", "secondary"))
+        commands = [r.getMessage() for r in caplog.records if r.name == "colo.host"]
+        pri = topo.primary.netns
+        assert f"{pri}: ip link add name br0 type bridge" in commands
+        assert f"{pri}: ip tuntap add dev tap0 mode tap" in commands
+        assert any(c.startswith(f"{pri}: tc filter add dev tap0 parent ffff:") for c in commands)
+        assert ("link", f"{pri}/tap0") in the_lab.created
+        assert ("filter", f"{pri}/tap0/ingress/10") in the_lab.created
+    finally:
+        the_lab.destroy()
+    _assert_gone(topo)
 
 
 def test_addresses(lab: EmbeddedLab) -> None:

@@ -33,10 +33,9 @@ from pyroute2 import netns as pr_netns
 from pyroute2.netlink.exceptions import NetlinkError
 
 from colo_fixtures.core.verdicts import LabError
+from colo_fixtures.lab.hosts.base import CommandError
+from colo_fixtures.lab.hosts.local import LocalNamespaceHost
 from colo_fixtures.lab.namespaces import (
-    ETH_P_IP,
-    FILTER_PRIO,
-    FILTER_TARGET,
     INGRESS,
     KIND_HINTS,
     PLUG_HANDLE,
@@ -56,6 +55,7 @@ from colo_fixtures.lab.namespaces import (
     stats64,
 )
 from colo_fixtures.lab.topology import HostSpec, Topology
+from colo_fixtures.lab.vm_network import HostNetwork
 
 
 class EmbeddedLab:
@@ -67,6 +67,7 @@ class EmbeddedLab:
         self.replication_mbit = replication_mbit  # 0: the veth's full speed
         self.created: list[tuple[str, str]] = []
         self.plug_available: bool = False
+        self.networks: dict[str, HostNetwork] = {}  # role -> its VM network
 
     def __enter__(self) -> EmbeddedLab:
         self.create()
@@ -94,15 +95,15 @@ class EmbeddedLab:
             raise LabError(message) from exc
 
     def _build(self) -> None:
+        """Namespaces and cables with pyroute2, then each VM host's network (bridge, tap,
+        ifb redirect) with ``HostNetwork``, the code an SSH lab host runs."""
         topo = self.topo
         pri, sec, cli = topo.primary, topo.secondary, topo.client
         vm_hosts = [h for h in (pri, sec, topo.sentinel) if h is not None]
         iprs: dict[str, IPRoute] = {}
         try:
-            for host in vm_hosts:
+            for host in [*vm_hosts, cli]:
                 iprs[host.netns] = self._make_netns(host.netns)
-                self._make_vm_bridge(iprs[host.netns], host, enslave_tap=host is pri)
-            iprs[cli.netns] = self._make_netns(cli.netns)
             if topo.rep_switch is None:
                 self._make_replication_link(iprs[pri.netns], iprs[sec.netns], pri, sec)
             else:
@@ -110,11 +111,23 @@ class EmbeddedLab:
             self._make_client_bridge(iprs[cli.netns], cli)
             for host in (pri, sec):
                 self._make_ext_link(iprs[host.netns], iprs[cli.netns], host, cli)
-            self._make_ifb_redirect(iprs[pri.netns], pri)
+            for host in vm_hosts:
+                self._make_vm_network(host)
             self.plug_available = self._probe_plug(iprs[pri.netns], pri)
         finally:
             for ipr in iprs.values():
                 ipr.close()
+
+    def _make_vm_network(self, host: HostSpec) -> None:
+        network = HostNetwork(LocalNamespaceHost(host.netns, host.role, host.netns), host)
+        try:
+            network.provision(enslave_tap=host is self.topo.primary)
+        except CommandError as exc:
+            raise LabError(str(exc)) from None
+        finally:  # what was made goes with the namespace; recorded all the same
+            for kind, name in network.made:
+                self._record(kind, f"{host.netns}/{name}")
+        self.networks[host.role] = network
 
     def _make_netns(self, name: str) -> IPRoute:
         if netns_exists(name):
@@ -155,19 +168,6 @@ class EmbeddedLab:
         with lab_step(f"cannot add address {address}/{prefix} to {ns}/{ifname}"):
             index = require_index(ipr, ns, ifname)
             ipr.addr("add", index=index, address=address, prefixlen=prefix)
-
-    def _make_vm_bridge(self, ipr: IPRoute, host: HostSpec, enslave_tap: bool) -> None:
-        ns, tap = host.netns, _need(host.tap, host, "tap")
-        bridge = self._add_link(ipr, ns, host.bridge, "bridge")
-        # A persistent tap without packet info and without vnet headers: QEMU opens it with
-        # -netdev tap,ifname=tap0,script=no,downscript=no,vnet_hdr=off.
-        flags = {"no_pi": 1, "one_queue": 0, "vnet_hdr": 0, "tun_excl": 0,
-                 "multi_queue": 0, "persist": 0, "nofilter": 0}
-        self._add_link(ipr, ns, tap, "tuntap", mode="tap", ifr=flags)
-        if enslave_tap:
-            self._set(ipr, ns, tap, master=bridge)
-        self._set(ipr, ns, tap, state="up")
-        self._set(ipr, ns, host.bridge, state="up")
 
     def _make_replication_link(
         self, ipr: IPRoute, peer_ipr: IPRoute, host: HostSpec, peer: HostSpec
@@ -223,33 +223,11 @@ class EmbeddedLab:
         self, ipr: IPRoute, cli_ipr: IPRoute, host: HostSpec, cli: HostSpec
     ) -> None:
         ext, peer = _need(host.ext_if, host, "ext_if"), _need(host.ext_peer, host, "ext_peer")
-        self._add_veth(ipr, host.netns, ext, cli.netns, peer)
-        self._set(ipr, host.netns, ext, master=require_index(ipr, host.netns, host.bridge))
+        self._add_veth(ipr, host.netns, ext, cli.netns, peer)  # into br0 by HostNetwork
         self._set(cli_ipr, cli.netns, peer,
                   master=require_index(cli_ipr, cli.netns, cli.bridge))
         self._set(ipr, host.netns, ext, state="up")
         self._set(cli_ipr, cli.netns, peer, state="up")
-
-    def _make_ifb_redirect(self, ipr: IPRoute, host: HostSpec) -> None:
-        """The seed's step 2: ifb0 up, ingress qdisc on tap0, u32 match-all -> mirred to ifb0."""
-        ns, tap, ifb = host.netns, _need(host.tap, host, "tap"), _need(host.ifb, host, "ifb")
-        ifb_index = self._add_link(ipr, ns, ifb, "ifb")
-        self._set(ipr, ns, ifb, state="up")
-        tap_index = require_index(ipr, ns, tap)
-        with lab_step(f"cannot add ingress qdisc on {ns}/{tap}",
-                   "module sch_ingress missing (modprobe sch_ingress)"):
-            ipr.tc("add", "ingress", tap_index, INGRESS)
-        self._record("qdisc", f"{ns}/{tap}/ingress")
-        with lab_step(f"cannot add u32 filter with mirred redirect to {ifb} on {ns}/{tap}",
-                   "modules cls_u32/act_mirred missing (modprobe cls_u32 act_mirred)"):
-            ipr.tc(
-                "add-filter", "u32", tap_index,
-                parent=INGRESS, prio=FILTER_PRIO, protocol=ETH_P_IP, target=FILTER_TARGET,
-                keys=["0x0/0x0+0"],
-                action={"kind": "mirred", "direction": "egress", "action": "redirect",
-                        "ifindex": ifb_index},
-            )
-        self._record("filter", f"{ns}/{tap}/ingress/{FILTER_PRIO}")
 
     def _probe_plug(self, ipr: IPRoute, host: HostSpec) -> bool:
         """Can a ``plug`` qdisc (sch_plug, vm-ft's output buffer) be added on ifb0? Not left."""
@@ -294,25 +272,26 @@ class EmbeddedLab:
         """
         left = remove_items(self.created)
         self._forget_removed(left)
+        if not self.created:
+            self.networks = {}
         if left:
             raise LabError(f"could not remove {', '.join(f'{k} {n}' for k, n in left)}")
 
     # -- use
 
     def attach_tap(self, role: str) -> None:
-        """Enslave that host's tap to its bridge (set master) and set it up."""
-        host = self._vm_host(role)
-        tap = _need(host.tap, host, "tap")
-        with ipr_in(host.netns) as ipr:
-            bridge = require_index(ipr, host.netns, host.bridge)
-            self._set(ipr, host.netns, tap, master=bridge)
-            self._set(ipr, host.netns, tap, state="up")
+        """Put that host's tap into its bridge (the secondary's at a takeover)."""
+        self._network(role).attach_tap()
 
     def detach_tap(self, role: str) -> None:
-        """Release that host's tap from its bridge (it stays up)."""
-        host = self._vm_host(role)
-        with ipr_in(host.netns) as ipr:
-            self._set(ipr, host.netns, _need(host.tap, host, "tap"), master=0)
+        """Take that host's tap out of its bridge (it stays up)."""
+        self._network(role).detach_tap()
+
+    def _network(self, role: str) -> HostNetwork:
+        self._vm_host(role)
+        if role not in self.networks:
+            raise LabError(f"lab {self.topo.run_tag} has no VM network on {role}: create() it")
+        return self.networks[role]
 
     def connect(self, address: str, port: int, timeout: float) -> socket.socket:
         """A TCP connection from the client namespace (retried until ``timeout``)."""

@@ -1,11 +1,11 @@
 """A lab host's VM network set up through its ``Host``: iproute2 argv from the HostSpec.
 
-The local lab builds namespaces with pyroute2 in this process. A remote lab host is set up
-with the same data (``HostSpec``: bridge, tap, external interface, ifb) as ``ip``/``tc``
-argv lists run through the host's backend (SSH, or a namespace): nothing to install on
-the hosts (iproute2 is everywhere), every step shows in the log as the command it is, and
-the same code serves any backend. What is made is recorded with the argv that undoes it;
-``teardown`` runs those in reverse and tolerates what is already gone.
+The one implementation for every kind of host: an SSH lab host and a namespace of the
+embedded lab get the same data (``HostSpec``: bridge, tap, external interface, ifb) as
+the same ``ip``/``tc`` argv lists, run through the host's backend: nothing to install on
+the hosts (iproute2 is everywhere), every step shows in the log as the command it is.
+What is made is recorded with the argv that undoes it (``teardown`` runs those in reverse
+and tolerates what is already gone) and, in the ledger's words, in ``made``.
 
 The steps are the seed's: br0 with the external interface and (on the primary) tap0 in
 it; the secondary's tap0 up but outside the bridge until failover; on the primary, ifb0
@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from colo_fixtures.lab.hosts import CommandError, Host
+from colo_fixtures.lab.namespaces import FILTER_PRIO
 from colo_fixtures.lab.topology import HostSpec
 
 # What "already gone" looks like in iproute2's messages when undoing.
@@ -33,14 +34,20 @@ class HostNetwork:
     host: Host
     spec: HostSpec
     undo: list[tuple[str, list[str]]] = field(default_factory=list)  # (what, argv)
+    # What was made, in the ledger's words (kind, name on the host): ("link", "br0"),
+    # ("qdisc", "tap0/ingress"), ("filter", "tap0/ingress/10").
+    made: list[tuple[str, str]] = field(default_factory=list)
 
-    def _make(self, what: str, argv: list[str], undo: list[str] | None) -> None:
+    def _make(self, what: str, argv: list[str], undo: list[str] | None,
+              item: tuple[str, str] | None = None) -> None:
         try:
             self.host.run(argv, timeout=30)
         except CommandError as exc:
             raise CommandError(f"{self.host.name}: cannot {what}: {exc}") from None
         if undo is not None:
             self.undo.append((what, undo))
+        if item is not None:
+            self.made.append(item)
 
     def _ip(self, *words: str) -> list[str]:
         return ["ip", *words]
@@ -53,10 +60,10 @@ class HostNetwork:
         try:
             self._make(f"create bridge {s.bridge}", self._ip("link", "add", "name", s.bridge,
                                                               "type", "bridge"),
-                       self._ip("link", "del", s.bridge))
+                       self._ip("link", "del", s.bridge), ("link", s.bridge))
             self._make(f"create tap {tap}", self._ip("tuntap", "add", "dev", tap,
                                                         "mode", "tap"),
-                       self._ip("tuntap", "del", "dev", tap, "mode", "tap"))
+                       self._ip("tuntap", "del", "dev", tap, "mode", "tap"), ("link", tap))
             for made in (s.bridge, tap):
                 self._quiet(made, restore=None)
             if enslave_tap:
@@ -93,15 +100,17 @@ class HostNetwork:
 
     def _ifb_redirect(self, tap: str, ifb: str) -> None:
         self._make(f"create {ifb}", self._ip("link", "add", ifb, "type", "ifb"),
-                   self._ip("link", "del", ifb))
+                   self._ip("link", "del", ifb), ("link", ifb))
         self._make(f"set {ifb} up", self._ip("link", "set", ifb, "up"), None)
         self._make(f"add an ingress qdisc on {tap}",
                    ["tc", "qdisc", "add", "dev", tap, "ingress"],
-                   ["tc", "qdisc", "del", "dev", tap, "ingress"])
+                   ["tc", "qdisc", "del", "dev", tap, "ingress"], ("qdisc", f"{tap}/ingress"))
         self._make(f"redirect {tap} ingress to {ifb}",
                    ["tc", "filter", "add", "dev", tap, "parent", "ffff:", "protocol", "ip",
-                    "prio", "10", "u32", "match", "u32", "0", "0", "action", "mirred",
-                    "egress", "redirect", "dev", ifb], None)  # goes with the qdisc
+                    "prio", str(FILTER_PRIO), "u32", "match", "u32", "0", "0", "action",
+                    "mirred", "egress", "redirect", "dev", ifb],
+                   None,  # goes with the qdisc
+                   ("filter", f"{tap}/ingress/{FILTER_PRIO}"))
 
     def _tap(self) -> str:
         if self.spec.tap is None:
