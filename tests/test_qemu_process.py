@@ -124,7 +124,7 @@ def test_dead_qemu_is_reported_not_waited_for(tmp_path: Path):
 
 
 def test_auto_accel_falls_back_to_tcg_with_a_reason(tmp_path: Path):
-    from colo_fixtures.sut.guest import build_guest
+    from colo_fixtures.sut.guest.image import build_guest
 
     kernel = build_guest().kernel
     qemu = QemuBuild(QEMU, "debian")

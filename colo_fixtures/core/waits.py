@@ -36,7 +36,12 @@ def wait_for(what: str, probe: Callable[[], T | None], timeout: float, *,
     log.debug("wait up to %gs: %s", timeout, what)
     while True:
         if health is not None and time.monotonic() >= next_health:
-            health()
+            try:
+                health()
+            except Exception as exc:
+                log.warning("health check failed after %.3fs waiting for %s: %s",
+                            time.monotonic() - started, what, type(exc).__name__)
+                raise
             next_health = time.monotonic() + HEALTH_EVERY
         result = probe()
         if result is not None and result is not False:

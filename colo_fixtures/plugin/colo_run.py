@@ -22,6 +22,7 @@ import pytest
 
 from colo_fixtures.config.settings import Settings
 from colo_fixtures.core.events import phase
+from colo_fixtures.core.harness_log import harness_log
 from colo_fixtures.core.verdicts import ClientTimeout, Unreachable
 from colo_fixtures.core.waits import wait_for
 from colo_fixtures.evidence.known_issues import explaining_line
@@ -58,8 +59,9 @@ def _safe_name(nodeid: str) -> str:
 
 
 @pytest.fixture
-def artifacts(request: pytest.FixtureRequest, colo_settings: Settings) -> Path:
-    """This test's artifact folder under ``<report-dir>/artifacts/``, emptied first.
+def artifacts(request: pytest.FixtureRequest, colo_settings: Settings) -> Iterator[Path]:
+    """This test's artifact folder under ``<report-dir>/artifacts/``, emptied first, with the
+    harness log (``harness.log``) written into it until the test's last teardown.
 
     If an earlier run of this test was killed, what its ledger still lists is removed
     first (the janitor's job, done here so emptying the folder loses no record)."""
@@ -74,7 +76,9 @@ def artifacts(request: pytest.FixtureRequest, colo_settings: Settings) -> Path:
                         f"see {ledger}", pytrace=False)
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
-    return folder
+    with harness_log(folder) as log:
+        yield folder
+    report.attach_file(log)
 
 
 @dataclass

@@ -83,6 +83,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
     rep = outcome.get_result()
     if rep.failed:  # a failure or a pytest-timeout: the teardown keeps the evidence
         item.stash[report.FAILED_KEY] = True
+        folder = getattr(item, "funcargs", {}).get("artifacts")
+        if isinstance(folder, Path):
+            rep.sections.append(("artifacts", f"this test's evidence (harness.log, QEMU "
+                                 f"logs, consoles, traces, QMP): {folder}"))
     if rep.when != "call" or item.config.option.runxfail:
         return
     issues = covering(item.nodeid)

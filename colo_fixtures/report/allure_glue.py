@@ -16,6 +16,7 @@ import allure
 import pytest
 
 from colo_fixtures.core import events
+from colo_fixtures.core.harness_log import HARNESS_LOG
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -34,9 +35,11 @@ def attach_file(path: Path, name: str | None = None) -> None:
 
 
 def attach_run(folder: Path) -> None:
-    """Attach every file of a test's artifact folder (argv, consoles, stderr, traces, QMP)."""
+    """Attach every file of a test's artifact folder (argv, consoles, stderr, traces, QMP);
+    the harness log is attached once it is complete, after the last teardown."""
     for path in sorted(folder.iterdir()):
-        attach_file(path)
+        if path.name != HARNESS_LOG:
+            attach_file(path)
 
 
 class AllureSteps:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import signal
 import socket
 import subprocess
@@ -25,6 +26,8 @@ from colo_fixtures.core.verdicts import HarnessError, QemuError, QmpTimeout
 from colo_fixtures.core.waits import wait_for
 from colo_fixtures.lab.hosts import Host, LocalHost, Process
 from colo_fixtures.lab.ledger import write_entry
+
+log = logging.getLogger("colo.qmp")
 
 __all__ = ["QemuError", "QemuProcess", "QmpEvent", "QmpTimeout", "SyncQmp", "stop_all", "tail"]
 
@@ -124,6 +127,7 @@ class QemuProcess:
     ledger: Path | None = None  # the run ledger that records the process
     events: list[QmpEvent] = field(default_factory=list)
     process: Process | None = None
+    killed: str | None = None  # why a stop had to SIGKILL it (None: it quit, or a fault)
     _qmp: SyncQmp | None = None
     _ledger_name: tuple[str, str] | None = None
 
@@ -188,6 +192,8 @@ class QemuProcess:
         argv = self.full_argv()
         (self.workdir / f"{self.name}-argv.txt").write_text("\n".join(argv) + "\n")
         self.process = self.host.spawn(argv, self.on_host(self.stderr_log), self.env, self.cwd)
+        log.info("%s: started on %s, pid %d (argv in %s-argv.txt)", self.name, self.host.name,
+                 self.process.pid, self.name)
         if self.ledger is not None:
             self._ledger_name = self.host.ledger_name(self.process.pid)
             write_entry(self.ledger, "created", *self._ledger_name)
@@ -249,6 +255,9 @@ class QemuProcess:
             failure = (f"{self.name}: QMP unresponsive: {command} got no answer within "
                        f"{timeout:g}s")
         record["seconds"] = round(time.time() - started, 6)
+        log.debug("%s: %s %s -> %s in %.3f s", self.name, command,
+                  json.dumps(arguments, default=str) if arguments else "",
+                  record.get("error", "ok"), record["seconds"])
         # The command first, then the events that arrived while it ran.
         self._log(record)
         self._collect()
@@ -341,11 +350,12 @@ class QemuProcess:
         try:
             process.wait(timeout=grace)
         except subprocess.TimeoutExpired:
-            process.kill()
+            self._had_to_kill(process, f"still running {grace:g}s after quit")
             process.wait(timeout=30)
         if self.alive():
-            process.kill()
+            self._had_to_kill(process, "still alive after its exit was reaped")
         process.wait()
+        log.info("%s: stopped, exit status %s", self.name, process.returncode)
         self._record_gone()
         self.close_qmp()
         if self.host.is_local:
@@ -354,9 +364,15 @@ class QemuProcess:
             with contextlib.suppress(Exception):
                 self.host.run(["rm", "-f", str(self.qmp_path)], check=False)
 
+    def _had_to_kill(self, process: Process, why: str) -> None:
+        self.killed = why
+        log.warning("%s: had to be killed (SIGKILL): %s", self.name, why)
+        process.kill()
+
     def kill(self) -> None:
         """SIGKILL without ceremony and reap (a fault, or teardown of a hung process)."""
         if self.alive():
+            log.info("%s: SIGKILL", self.name)
             self.process.kill()  # type: ignore[union-attr]
         if self.process is not None:
             self.process.wait(timeout=30)

@@ -8,6 +8,7 @@ import shlex
 import shutil
 import socket
 import subprocess
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,16 +122,24 @@ def popen(argv: list[str], log: Path, env: dict[str, str] | None,
                                 start_new_session=True)
 
 
+def log_exit(name: str, argv: list[str], rc: int, seconds: float) -> None:
+    """A command's end in the harness log: host, program, exit status, duration."""
+    log.debug("%s: %s exited %d in %.3f s", name, argv[0], rc, seconds)
+
+
 def run_local(name: str, argv: list[str], launch: list[str], timeout: float,
               check: bool) -> Result:
     """Run ``launch`` (``argv`` as started on this machine) and report it as ``argv``."""
     log.debug("%s: %s", name, shlex.join(argv))
+    started = time.monotonic()
     try:
         done = subprocess.run(launch, capture_output=True, text=True, timeout=timeout,
                               stdin=subprocess.DEVNULL, check=False)
     except subprocess.TimeoutExpired:
+        log.warning("%s: %s timed out after %gs", name, argv[0], timeout)
         raise CommandError(f"{name}: {argv[0]} timed out after {timeout:g}s "
                            f"({' '.join(argv)})") from None
+    log_exit(name, argv, done.returncode, time.monotonic() - started)
     result = Result(tuple(argv), done.returncode, done.stdout, done.stderr)
     if check and result.rc != 0:
         last = (result.stderr.strip() or result.stdout.strip()).splitlines()[-1:] or [""]

@@ -31,7 +31,7 @@ from pathlib import Path
 import paramiko
 
 from colo_fixtures.config.inventory import SshTarget
-from colo_fixtures.lab.hosts.base import CommandError, Host, Result, log
+from colo_fixtures.lab.hosts.base import CommandError, Host, Result, log, log_exit
 from colo_fixtures.lab.ledger import stat_fields, stat_start_ticks
 
 CONNECT_TIMEOUT = 10.0
@@ -168,7 +168,9 @@ class SshHost(Host):
     def run(self, argv: list[str], timeout: float = 60, check: bool = True) -> Result:
         line = shlex.join(argv)
         log.debug("%s: %s", self.name, line)
+        started = time.monotonic()
         rc, out, err = self._exec(line, timeout, argv)
+        log_exit(self.name, argv, rc, time.monotonic() - started)
         result = Result(tuple(argv), rc, out, err)
         if check and rc != 0:
             last = (err.strip() or out.strip()).splitlines()[-1:] or [""]
