@@ -3,9 +3,7 @@
 Example (see ``tools/inventory.example.toml``)::
 
     [lab]
-    vmft_root = "/srv/vm-ft"              # optional: the vm-ft checkout on every host
     scratch = "/mnt/ramfs/colo"           # tmpfs for active/hidden disks and sockets
-    images = "/srv/images"                # where base images live
     vm_address = "192.168.100.10"         # the protected VM, on the external network
     vm_prefix = 24                        # its prefix length (default 24)
 
@@ -14,7 +12,6 @@ Example (see ``tools/inventory.example.toml``)::
     key = "~/.ssh/colo_lab"               # private key file
     replication = { interface = "ib0", address = "10.22.1.2" }
     external = { interface = "eth1", bridge = "br0", tap = "tap0" }
-    rdma_device = "mlx5_0"                # optional
 
 Roles: primary and secondary (required), sentinel (vm-ft's witness) and client (where the
 workload runs; default: this machine). Every error names the file, the line and the fix,
@@ -35,8 +32,10 @@ REQUIRED_ROLES = ("primary", "secondary")
 SSH_RE = re.compile(r"^(?P<user>[A-Za-z_][A-Za-z0-9_.-]*)@(?P<host>[A-Za-z0-9.:\[\]-]+?)"
                     r"(?::(?P<port>\d+))?$")
 NAME_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,15}$")  # interface names (IFNAMSIZ)
-LAB_KEYS = {"vmft_root", "scratch", "images", "vm_address", "vm_prefix", "known_hosts"}
-HOST_KEYS = {"ssh", "key", "replication", "external", "rdma_device"}
+LAB_KEYS = {"scratch", "vm_address", "vm_prefix", "known_hosts"}
+HOST_KEYS = {"ssh", "key", "replication", "external"}
+# Keys an inventory once had that nothing reads: vm-ft's group runs on the embedded lab only.
+NOT_READ = {"vmft_root", "images", "rdma_device"}
 REPLICATION_KEYS = {"interface", "address"}
 EXTERNAL_KEYS = {"interface", "bridge", "tap", "address"}
 
@@ -66,7 +65,6 @@ class InventoryHost:
     bridge: str | None = None
     tap: str | None = None
     external_addr: str | None = None
-    rdma_device: str | None = None
 
 
 @dataclass(frozen=True)
@@ -74,8 +72,6 @@ class Inventory:
     path: Path
     hosts: dict[str, InventoryHost]
     scratch: Path
-    vmft_root: Path | None = None
-    images: Path | None = None
     vm_address: str | None = None
     vm_prefix: int = 24
     known_hosts: Path | None = None
@@ -153,9 +149,6 @@ def load_inventory(path: Path) -> Inventory:
     return Inventory(
         path=path, hosts=hosts,
         scratch=_abs_path(scratch, "lab", "scratch", source),
-        vmft_root=_abs_path(lab["vmft_root"], "lab", "vmft_root", source)
-        if "vmft_root" in lab else None,
-        images=_abs_path(lab["images"], "lab", "images", source) if "images" in lab else None,
         vm_address=_address(lab["vm_address"], "lab", "vm_address", source)
         if "vm_address" in lab else None,
         vm_prefix=_prefix(lab.get("vm_prefix", 24), source),
@@ -185,6 +178,9 @@ def _table(value: Any, table: str, source: _Source) -> dict[str, Any]:
 def _no_unknown_keys(fields: dict[str, Any], allowed: set[str], table: str,
                      source: _Source) -> None:
     for key in fields:
+        if key in NOT_READ:
+            raise source.error(table, key, f"{table}.{key} is not read by the harness (vm-ft's "
+                               "nodes run on the embedded lab only): remove it")
         if key not in allowed:
             raise source.error(table, key, f"unknown key {key!r} in [{table}] (known: "
                                f"{', '.join(sorted(allowed))})")
@@ -256,9 +252,6 @@ def _host(role: str, fields: dict[str, Any], base: Path, source: _Source) -> Inv
     if role in ("primary", "secondary") and not {"bridge", "tap"} <= set(ext):
         raise source.error(table, "external" if ext else None, f"[{table}] needs external = "
                            "{ interface = ..., bridge = ..., tap = ... } for the VM's network")
-    rdma = fields.get("rdma_device")
-    if rdma is not None:
-        rdma = _ifname(rdma, table, "rdma_device", source)
     return InventoryHost(
         role=role, ssh=ssh, key=key,
         replication_if=_ifname(rep["interface"], table, "replication", source)
@@ -271,7 +264,6 @@ def _host(role: str, fields: dict[str, Any], base: Path, source: _Source) -> Inv
         tap=_ifname(ext["tap"], table, "external", source) if "tap" in ext else None,
         external_addr=_address(ext["address"], table, "external", source)
         if "address" in ext else None,
-        rdma_device=rdma,
     )
 
 

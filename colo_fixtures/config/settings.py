@@ -272,10 +272,6 @@ class Settings:
     ssh_accept_new: bool = False
     rdma_device: str | None = None
 
-    def describe(self) -> dict[str, str]:
-        """Settings as strings, for reports."""
-        return {name: str(value) for name, value in vars(self).items()}
-
 
 def load_settings(
     cli: Mapping[str, Any],
