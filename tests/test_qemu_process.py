@@ -145,3 +145,11 @@ def test_auto_accel_falls_back_when_the_kvm_guest_cannot_boot(tmp_path: Path):
     assert accel == "tcg"
     assert why.startswith(("QEMU with -accel kvm exited:", "/dev/kvm is missing")), why
     assert "cached" in choose_accel("auto", qemu, bogus, tmp_path)[1]
+
+
+def test_a_vm_is_a_context_manager(tmp_path: Path) -> None:
+    with probe(tmp_path) as vm:
+        assert vm.qmp("query-status")["status"] == "prelaunch"
+        pid = vm.process.pid  # type: ignore[union-attr]
+    assert not vm.alive() and vm.killed is None  # it quit when asked
+    assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text()

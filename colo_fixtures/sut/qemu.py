@@ -183,6 +183,20 @@ class QemuProcess:
             "-monitor", "none",
         ]
 
+    def __enter__(self) -> QemuProcess:
+        """``with QemuProcess(...) as vm:`` starts it and connects QMP; the block's end stops
+        it (quit, then SIGKILL if it must), also after an exception."""
+        self.start()
+        try:
+            self.connect(timeout=30)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
     def start(self) -> None:
         """Start the process; QMP is connected lazily by ``connect``."""
         self.workdir.mkdir(parents=True, exist_ok=True)
