@@ -139,12 +139,16 @@ def test_the_frozen_nic_needs_every_piece_of_its_evidence_on_the_survivor():
     assert frozen_survivor_nic(Evidence()) is None
 
 
-def rewriter_evidence(tmp_path: Path, earlier: str, survivor: str) -> Evidence:
+def rewriter_evidence(tmp_path: Path, earlier: str, survivor: str,
+                      later: str | None = None) -> Evidence:
     logs = {}
-    for name, text in (("secondary", earlier), ("secondary3", survivor)):
+    traces = [("secondary", earlier), ("secondary3", survivor)]
+    if later is not None:  # more cycles after the stall, with a survivor in step
+        traces.append(("secondary5", later))
+    for name, text in traces:
         (tmp_path / f"{name}-trace.log").write_text(text)
         logs[name] = [tmp_path / f"{name}-stderr.log", tmp_path / f"{name}-trace.log"]
-    return Evidence(survivor="secondary3", logs=logs)
+    return Evidence(survivor=traces[-1][0], logs=logs)
 
 
 def test_the_rewriter_offset_issue_needs_the_offset_kept_and_then_missing(tmp_path: Path):
@@ -163,6 +167,17 @@ def test_the_rewriter_offset_issue_needs_the_offset_kept_and_then_missing(tmp_pa
     in_step = UNTRANSLATED.replace("seq/ack=295757640/", "seq/ack=294323238/")
     assert rewriter_offset_not_carried(rewriter_evidence(tmp_path, KEPT_OFFSET, in_step)) is None
     assert rewriter_offset_not_carried(Evidence()) is None
+
+
+def test_the_rewriter_evidence_is_found_at_a_survivor_before_the_last(tmp_path: Path):
+    """A nightly runs 16 cycles: the connection stalls at cycle 3 and the cycles go on, so
+    the last survivor is not the one whose guest sends untranslated sequence numbers."""
+    in_step = UNTRANSLATED.replace("seq/ack=295757640/", "seq/ack=294323238/")
+    found = rewriter_offset_not_carried(rewriter_evidence(tmp_path, KEPT_OFFSET, UNTRANSLATED,
+                                                          later=in_step))
+    assert found is not None and found.startswith("secondary3-trace.log: the guest sends")
+    assert rewriter_offset_not_carried(rewriter_evidence(tmp_path, KEPT_OFFSET, in_step,
+                                                         later=in_step)) is None
 
 
 # ------------------------------------------------------------ the plugin, end to end

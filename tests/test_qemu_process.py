@@ -153,3 +153,28 @@ def test_a_vm_is_a_context_manager(tmp_path: Path) -> None:
         pid = vm.process.pid  # type: ignore[union-attr]
     assert not vm.alive() and vm.killed is None  # it quit when asked
     assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text()
+
+
+def test_qmp_from_two_threads_is_serialised(vm: QemuProcess) -> None:
+    """A client thread's health check and the test's own QMP command at the same moment:
+    each waits its turn (before, one of them failed with "This event loop is already
+    running", seen in a nightly run)."""
+    import threading
+
+    vm.start()
+    vm.connect(timeout=30)
+    errors: list[BaseException] = []
+
+    def hammer() -> None:
+        try:
+            for _ in range(100):
+                vm.qmp("query-status")
+        except BaseException as exc:  # the test reports whatever it was
+            errors.append(exc)
+
+    threads = [threading.Thread(target=hammer) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert errors == []

@@ -14,6 +14,7 @@ import logging
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -48,8 +49,15 @@ class SyncQmp:
         self.loop = asyncio.new_event_loop()
         self.client = QMPClient(name)
         self.interrupted: BaseException | None = None
+        # One caller at a time: a second thread running the same loop fails ("This event
+        # loop is already running") or, racing the first, corrupts the client's state.
+        self._lock = threading.Lock()
 
     def run(self, awaitable: Any, timeout: float) -> Any:
+        with self._lock:
+            return self._run(awaitable, timeout)
+
+    def _run(self, awaitable: Any, timeout: float) -> Any:
         try:
             return self.loop.run_until_complete(asyncio.wait_for(awaitable, timeout))
         except (KeyboardInterrupt, SystemExit) as exc:
@@ -81,13 +89,15 @@ class SyncQmp:
 
     def close(self) -> None:
         """Disconnect and close the loop; never raises again an interrupt already raised."""
-        try:  # not self.run: it would take a fresh Ctrl-C here for an old one and swallow it
-            self.loop.run_until_complete(asyncio.wait_for(self.client.disconnect(), 5))
-        except BaseException as exc:
-            if not isinstance(exc, Exception) and exc is not self.interrupted:
-                raise
-        finally:
-            self.loop.close()
+        with self._lock:
+            try:  # not self.run: it would take a fresh Ctrl-C here for an old one and
+                # swallow it
+                self.loop.run_until_complete(asyncio.wait_for(self.client.disconnect(), 5))
+            except BaseException as exc:
+                if not isinstance(exc, Exception) and exc is not self.interrupted:
+                    raise
+            finally:
+                self.loop.close()
 
 
 @dataclass(frozen=True)
