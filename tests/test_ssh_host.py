@@ -23,7 +23,8 @@ from colo_fixtures.lab.hosts.base import CommandError
 from colo_fixtures.lab.hosts.ssh import SshError, SshHost
 from colo_fixtures.lab.namespaces import connect_in_ns
 from colo_fixtures.lab.topology import Topology, local_topology
-from colo_fixtures.sut.qemu import QemuProcess, SyncQmp
+from colo_fixtures.sut.qemu import QemuProcess
+from colo_fixtures.sut.qmp import SyncQmp
 
 pytestmark = requires_sshd
 PASSPHRASE = "correct horse battery staple"

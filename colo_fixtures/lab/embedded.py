@@ -1,4 +1,4 @@
-"""The embedded default lab: network namespaces standing in for the lab hosts (pyroute2 only).
+"""The embedded default lab: network namespaces standing in for the lab hosts.
 
 ``EmbeddedLab(topology).create()`` builds, entirely inside namespaces (nothing is made in the
 root namespace, not even transiently)::

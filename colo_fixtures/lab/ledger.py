@@ -1,6 +1,6 @@
 """The run ledger: every resource a test makes is a JSON line when made and when removed.
 
-Kinds: ``netns``, ``link``, ``qdisc``, ``filter`` (the embedded lab, see ``net``),
+Kinds: ``netns``, ``link``, ``qdisc``, ``filter`` (the embedded lab, see ``embedded``),
 ``process`` (a QEMU on this machine: ``<pid>@<start time in clock ticks>``, so a reused PID
 is never hit) and ``dir`` (a scratch directory). The inventory profile's items on SSH hosts
 (``ssh-process``, ``ssh-dir``, ``ssh-network``) are JSON naming the host's SSH details and

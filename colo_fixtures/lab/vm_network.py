@@ -22,6 +22,14 @@ from colo_fixtures.lab.hosts import CommandError, Host
 from colo_fixtures.lab.namespaces import FILTER_PRIO
 from colo_fixtures.lab.topology import HostSpec
 
+# The kernel part a step needs, named when the step fails.
+HINTS = {
+    "create bridge": "module bridge missing? modprobe bridge",
+    "create tap": "no /dev/net/tun? modprobe tun",
+    "create ifb device": "module ifb missing? modprobe ifb",
+    "add an ingress qdisc": "module sch_ingress missing? modprobe sch_ingress",
+    "redirect": "modules cls_u32/act_mirred missing? modprobe cls_u32 act_mirred",
+}
 # What "already gone" looks like in iproute2's messages when undoing.
 GONE = ("Cannot find device", "No such device", "does not exist", "Cannot delete qdisc with "
         "handle of zero", "Invalid handle", "No such file or directory")
@@ -43,7 +51,9 @@ class HostNetwork:
         try:
             self.host.run(argv, timeout=30)
         except CommandError as exc:
-            raise CommandError(f"{self.host.name}: cannot {what}: {exc}") from None
+            hint = next((h for step, h in HINTS.items() if what.startswith(step)), None)
+            raise CommandError(f"{self.host.name}: cannot {what}: {exc}"
+                               + (f" ({hint})" if hint else "")) from None
         if undo is not None:
             self.undo.append((what, undo))
         if item is not None:
@@ -99,7 +109,7 @@ class HostNetwork:
                    None if restore in (None, "1") else ["sysctl", "-q", "-w", f"{key}={restore}"])
 
     def _ifb_redirect(self, tap: str, ifb: str) -> None:
-        self._make(f"create {ifb}", self._ip("link", "add", ifb, "type", "ifb"),
+        self._make(f"create ifb device {ifb}", self._ip("link", "add", ifb, "type", "ifb"),
                    self._ip("link", "del", ifb), ("link", ifb))
         self._make(f"set {ifb} up", self._ip("link", "set", ifb, "up"), None)
         self._make(f"add an ingress qdisc on {tap}",

@@ -1,5 +1,5 @@
 """Session fixtures: the settings, the QEMU and guest builds, the inventory's hosts, the
-accelerator, vm-ft's build and the vm-ft preflight.
+accelerator and the vm-ft preflight (vm-ft's build is in ``vmft``).
 """
 
 from __future__ import annotations

@@ -49,8 +49,10 @@ def _failover(name: str, key: str, floor: float) -> Figure:
 
 FIGURES: tuple[Figure, ...] = (
     Figure("checkpoint pause p50", "checkpoint-pause", "pause_p50_ms", "ms", 20),
-    Figure("checkpoint pause p95", "checkpoint-pause", "pause_p95_ms", "ms", 30),
-    Figure("checkpoint pause max", "checkpoint-pause", "pause_max_ms", "ms", 50),
+    # The tail of one test's ~30 pauses moves with the machine's load: three nightlies of
+    # the same code on 2 cores with two workers gave a max (and p95) of 100, 200.8, 84 ms.
+    Figure("checkpoint pause p95", "checkpoint-pause", "pause_p95_ms", "ms", 150),
+    Figure("checkpoint pause max", "checkpoint-pause", "pause_max_ms", "ms", 150),
     Figure("forced checkpoint pause", "forced-checkpoint", "pause_seconds", "s", 0.02),
     Figure("migrate to COLO", "colo-start", "migrate_to_colo_seconds", "s", 0.5),
     _failover("COLO_EXIT after fault", "colo_exit_s", 0.2),

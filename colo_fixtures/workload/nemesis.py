@@ -33,7 +33,7 @@ exit $rc
 
 
 class Recorder(Protocol):
-    """Where faults are recorded (``workload.History``)."""
+    """Where faults are recorded (``workload.history.History``)."""
 
     def nemesis(self, f: str, target: str, detail: str | None = None,
                 at: float | None = None) -> Any: ...
