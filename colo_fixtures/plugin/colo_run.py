@@ -287,8 +287,7 @@ def _tear_down(colo: ColoRun, artifacts: Path, failed: bool, keep: bool,
             with contextlib.suppress(Exception):
                 (artifacts / "network.txt").write_text(colo.lab.network_state() + "\n")
             if not (artifacts / "virtio.txt").exists():
-                with contextlib.suppress(Exception):
-                    (artifacts / "virtio.txt").write_text(colo.pair.virtio_net_state() + "\n")
+                save_nic_state(colo.pair, artifacts)
         findings += _collect_evidence(colo, artifacts)
     finally:
         with contextlib.ExitStack() as steps:  # run last pushed first
@@ -300,6 +299,25 @@ def _tear_down(colo: ColoRun, artifacts: Path, failed: bool, keep: bool,
             if colo.capture is not None:
                 steps.callback(_quietly, colo.capture.stop)
             steps.callback(colo.pair.stop)
+
+
+def save_nic_state(pair: ColoPair, folder: Path | None,
+                   ) -> tuple[str | None, str, int | None]:
+    """Each side's virtio-net queues, and the packets the serving side's tap carried toward
+    the VM since its takeover, into ``folder/virtio.txt``: (survivor, queues, packets)."""
+    serving = pair.primary_replica  # after a takeover, the secondary that took over
+    survivor = serving.name if serving and serving.tap_tx_at_takeover is not None else None
+    virtio = ""
+    with contextlib.suppress(Exception):
+        virtio = pair.virtio_net_state()
+    tap = None
+    with contextlib.suppress(Exception):
+        tap = pair.tap_tx_since_takeover()
+    if folder is not None and (virtio or tap is not None):
+        taps = (f"{survivor}'s tap: {tap} packets toward the VM since the takeover\n"
+                if tap is not None else "")
+        (folder / "virtio.txt").write_text(virtio + "\n" + taps)
+    return survivor, virtio, tap
 
 
 def remove_scratch(scratch: list[Path], ledger: Path, keep: bool) -> None:

@@ -15,7 +15,7 @@ import pytest
 
 from colo_fixtures.core.verdicts import never_excused
 from colo_fixtures.evidence.known_issues import Evidence, covering
-from colo_fixtures.plugin.colo_run import KNOWN_LINE_PROPERTY, STARTED_KEY
+from colo_fixtures.plugin.colo_run import KNOWN_LINE_PROPERTY, STARTED_KEY, save_nic_state
 from colo_fixtures.plugin.options import SETTINGS_KEY
 from colo_fixtures.plugin.session import LACKS_COLO
 from colo_fixtures.report import allure_glue as report
@@ -139,18 +139,7 @@ def _gather_evidence(item: pytest.Item, folder: Path | None) -> Evidence:
     if not labs:
         return Evidence()
     pair = labs[-1].pair
-    serving = pair.primary_replica  # after a takeover, the secondary that took over
-    survivor = serving.name if serving and serving.tap_tx_at_takeover is not None else None
-    virtio = ""
-    with contextlib.suppress(Exception):
-        virtio = pair.virtio_net_state()
-    tap = None
-    with contextlib.suppress(Exception):
-        tap = pair.tap_tx_since_takeover()
-    if folder is not None and (virtio or tap is not None):
-        taps = (f"{survivor}'s tap: {tap} packets toward the VM since the takeover\n"
-                if tap is not None else "")
-        (folder / "virtio.txt").write_text(virtio + "\n" + taps)
+    survivor, virtio, tap = save_nic_state(pair, folder)
     logs = {process.name: [process.stderr_log, process.console_log, process.trace_log]
             for process in pair.processes}
     for process in pair.processes:
