@@ -288,6 +288,8 @@ def _tear_down(colo: ColoRun, artifacts: Path, failed: bool, keep: bool,
                 (artifacts / "network.txt").write_text(colo.lab.network_state() + "\n")
             if not (artifacts / "virtio.txt").exists():
                 save_nic_state(colo.pair, artifacts)
+            with contextlib.suppress(Exception):  # what QMP cannot show, read with gdb
+                (artifacts / "net-state.txt").write_text(colo.pair.net_state() + "\n")
         findings += _collect_evidence(colo, artifacts)
     finally:
         with contextlib.ExitStack() as steps:  # run last pushed first

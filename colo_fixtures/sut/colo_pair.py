@@ -34,6 +34,7 @@ from colo_fixtures.sut.colo_argv import (
     secondary_argv,
 )
 from colo_fixtures.sut.disks import SecondaryDisks, make_primary_disk, make_secondary_disks
+from colo_fixtures.sut.gdb_probe import net_state
 from colo_fixtures.sut.logscan import scan
 from colo_fixtures.sut.qemu import QemuError, QemuProcess, QmpTimeout, stop_all
 from colo_fixtures.sut.trace import Checkpoint, checkpoints, colo_message, read_trace
@@ -509,6 +510,15 @@ class ColoPair:
         if survivor is None or survivor.tap_tx_at_takeover is None:
             return None
         return self.network.tap_tx_packets(survivor.host.role) - survivor.tap_tx_at_takeover
+
+    def net_state(self) -> str:
+        """Each running QEMU's net state as gdb reads it (QEMUs on this machine only)."""
+        parts = []
+        for process in self.processes:
+            if process.alive() and process.host.is_local and process.process is not None:
+                parts.append(f"--- {process.name} (pid {process.process.pid})\n"
+                             + net_state(process.process.pid))
+        return "\n".join(parts) or "no QEMU of this machine is running"
 
     def diagnosis(self) -> str:
         return "\n".join(process.diagnosis() for process in self.processes)
