@@ -94,9 +94,13 @@ def test_interrupted_run_tears_down_everything(tmp_path: Path, signum: int):
     teardown still runs, so the ledger ends with nothing outstanding and no janitor is
     needed."""
     report_dir = tmp_path / "reports"
+    # As from a terminal: a job started in the background by a shell without job control
+    # (a CI runner's `cmd &`) inherits SIGINT ignored, and Python then never turns Ctrl-C
+    # into KeyboardInterrupt.
     run = subprocess.Popen([sys.executable, "-m", "pytest", TEST, "-q", "-p", "no:cacheprovider",
                             "--report-dir", str(report_dir)], cwd=ROOT, start_new_session=True,
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 600
         while sum(kind == "process" for kind, _ in outstanding(report_dir)) < 2:
