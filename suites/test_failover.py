@@ -24,6 +24,7 @@ pytestmark = [pytest.mark.colo, pytest.mark.failover, allure.epic("COLO"),
               allure.feature("failover")]
 
 DELAY_MS = 2000
+QUIET_DELAY_MS = 20000  # no periodic checkpoint while a new connection opens
 # Over SSH the harness sees the primary's STOP event 50-250 ms late (measured here), and a
 # checkpoint pauses the VM for 50-70 ms: a kill reacting to STOP from here lands after it.
 # A side's VM stopping for a checkpoint, as its own trace log says it.
@@ -219,16 +220,26 @@ def traffic_around_checkpoint(start_colo, checkpointed: bool):
     colo = start_colo(DELAY_MS)
     colo.wait_agent_ready()
     pair = colo.pair
-    if not checkpointed:  # open right after a checkpoint, fail well before the next one
-        pair.wait_checkpoints(len(pair.checkpoints()) + 1, timeout=DELAY_MS / 1000 * 2 + 30)
+    if not checkpointed:
+        # Open right after a checkpoint and keep the next periodic one far away: raising
+        # x-checkpoint-delay forces a checkpoint now and the next one only in QUIET_DELAY_MS
+        # (a 2 s period let a slow lab, over SSH, checkpoint the connection while it opened).
+        # The first cycle's fault comes before it; resume sets DELAY_MS again.
+        count = len(pair.checkpoints())
+        pair.set_checkpoint_delay(QUIET_DELAY_MS)
+        pair.wait_checkpoints(count + 1, timeout=DELAY_MS / 1000 * 2 + 30)
     workload = colo.workload()
     workload.wait_ok(5, timeout=60)
     opened = colo.history.ops[0].wall
     if checkpointed:
         pair.wait_checkpoints(len(pair.checkpoints()) + 1, timeout=DELAY_MS / 1000 * 2 + 30)
         workload.wait_ok(10, timeout=60)
-    covered = any(c.requested > opened for c in pair.checkpoints())
-    assert covered == checkpointed, f"wanted a connection checkpointed={checkpointed}"
+    covering = [c.requested - opened for c in pair.checkpoints() if c.requested > opened]
+    assert bool(covering) == checkpointed, (
+        f"wanted a connection checkpointed={checkpointed}, but "
+        + (f"checkpoints came {', '.join(f'{t:+.3f}' for t in covering)} s after it opened "
+           f"with x-checkpoint-delay {QUIET_DELAY_MS} ms (colo-compare asked for them: see "
+           "the primary's trace)" if covering else "no checkpoint came after it opened"))
     return colo, workload
 
 
