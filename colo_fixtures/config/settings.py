@@ -18,6 +18,7 @@ from typing import Any
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_PATCHES = PROJECT_ROOT / "patches" / "qemu-7.2"
+RAMCHECK_PATCHES = PROJECT_ROOT / "patches" / "qemu-7.2-ramcheck"  # on top, for --colo-ramcheck
 
 
 def default_cache_dir() -> Path:
@@ -192,6 +193,11 @@ KNOBS: tuple[Knob, ...] = (
     Knob("qemu_patches", _patch_series, str(DEFAULT_PATCHES),
          "patch series applied before building (a directory of *.patch, optional 'series')",
          "DIR"),
+    Knob("colo_ramcheck", _bool, "false",
+         "build QEMU with patches/qemu-7.2-ramcheck/ too (its own cached build): both sides "
+         "trace a digest of every MiB of guest RAM at each checkpoint, and a test fails at "
+         "the first checkpoint where they differ; lengthens each checkpoint's pause",
+         flag=True),
     Knob("accel", _choice(ACCELS), "auto",
          "accelerator: auto probes KVM with a time-boxed boot and falls back to TCG",
          "auto|tcg|kvm"),
@@ -251,6 +257,7 @@ class Settings:
     qemu_binary: Path | None = None
     qemu_src: Path | None = None
     qemu_patches: Path = DEFAULT_PATCHES
+    colo_ramcheck: bool = False
     accel: str = "auto"
     guest_memory: int = 256
     checkpoint_delay: int = 20000

@@ -26,6 +26,7 @@ from colo_fixtures.core.harness_log import harness_log
 from colo_fixtures.core.verdicts import ClientTimeout, Unreachable
 from colo_fixtures.core.waits import wait_for
 from colo_fixtures.evidence.known_issues import explaining_line
+from colo_fixtures.evidence.ramcheck import check_pair
 from colo_fixtures.lab.capture import Capture
 from colo_fixtures.lab.embedded import EmbeddedLab
 from colo_fixtures.lab.hosts import Host, namespace_hosts
@@ -97,6 +98,7 @@ class ColoRun:
     colo_start_seconds: float = 0.0
     capture: Capture | None = None  # --pcap: tcpdump of the replication link
     log_sizes_at_fault: dict[Path, int] | None = None
+    ramcheck: bool = False  # the QEMU traces RAM digests: compare them at every checkpoint
 
     @property
     def faults(self) -> Faults:
@@ -242,7 +244,8 @@ def start_colo(request: pytest.FixtureRequest, colo_settings: Settings, qemu_bui
                                      membuf_mib=membuf_mib, nic_resets=nic_resets),
                       topo.vm_mac, runtime_trace=s.colo_trace)
         pair = ColoPair(vm, topo, hosts, lab, root, artifacts, s.wait_timeout)
-        colo = ColoRun(topo, lab, pair, artifacts, s.wait_timeout)
+        colo = ColoRun(topo, lab, pair, artifacts, s.wait_timeout,
+                       ramcheck=qemu_build.ram_digests)
         started.append(colo)  # from here on teardown owns the lab, the QEMUs and the scratch
         if s.pcap:
             pri = topo.hosts["primary"]
@@ -364,7 +367,10 @@ def _collect_evidence(colo: ColoRun, artifacts: Path) -> list[Finding]:
                              colo_at=colo.pair.colo_started_at)
         if storm := miscompare_storm(process.trace_log):
             findings.append(storm)
+    if colo.ramcheck:
+        findings += check_pair(colo.pair, artifacts)
     return findings
+
 
 
 def _plot_evidence(colo: ColoRun, artifacts: Path) -> None:

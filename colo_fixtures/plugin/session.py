@@ -4,6 +4,7 @@ accelerator and the vm-ft preflight (vm-ft's build is in ``vmft``).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import warnings
 from collections.abc import Iterator
@@ -11,7 +12,7 @@ from fnmatch import fnmatch
 
 import pytest
 
-from colo_fixtures.config.settings import Settings
+from colo_fixtures.config.settings import PROJECT_ROOT, RAMCHECK_PATCHES, Settings
 from colo_fixtures.lab.hosts import CommandError
 from colo_fixtures.lab.inventory_lab import (
     PASSPHRASE_ENV,
@@ -26,6 +27,7 @@ from colo_fixtures.sut.build import BuildError, QemuBuild, probe_capabilities, p
 from colo_fixtures.sut.cache import CacheError
 from colo_fixtures.sut.guest.image import GuestBuildError, GuestImage, build_guest
 from colo_fixtures.sut.preflight import Preflight, run_preflight
+from colo_fixtures.sut.trace import RAM_DIGEST_EVENT
 
 LACKS_COLO = "lacks COLO support"  # the skip reason of a QEMU without COLO
 
@@ -41,7 +43,8 @@ def qemu_build(colo_settings: Settings) -> QemuBuild:
     """The QEMU binary (given, built from a tree, or Debian 7.2 + patches), capability-checked."""
     s = colo_settings
     try:
-        build = provide_qemu(s.qemu_binary, s.qemu_src, s.qemu_patches, s.cache_dir)
+        build = provide_qemu(s.qemu_binary, s.qemu_src, s.qemu_patches, s.cache_dir,
+                             RAMCHECK_PATCHES if s.colo_ramcheck else None)
         caps = probe_capabilities(build.binary)
     except BuildError as exc:
         if exc.log:
@@ -54,6 +57,11 @@ def qemu_build(colo_settings: Settings) -> QemuBuild:
     if unmatched:
         pytest.fail(f"--colo-trace {', '.join(unmatched)}: no trace event of {build.binary} "
                     "matches (see its -trace help)", pytrace=False)
+    build = dataclasses.replace(build, ram_digests=RAM_DIGEST_EVENT in caps.trace_events)
+    if s.colo_ramcheck and not build.ram_digests:
+        pytest.fail(f"--colo-ramcheck: {build.binary} has no trace event {RAM_DIGEST_EVENT} "
+                    f"(build it with {RAMCHECK_PATCHES.relative_to(PROJECT_ROOT)}/, or drop "
+                    "--qemu-binary)", pytrace=False)
     missing = caps.missing()
     if missing:
         pytest.skip(f"{build.binary} (QEMU {caps.version}) {LACKS_COLO}: "

@@ -58,6 +58,7 @@ class QemuBuild:
     key: str = ""
     log: Path | None = None
     patches: tuple[str, ...] = ()
+    ram_digests: bool = False  # traces colo_ram_digest (patches/qemu-7.2-ramcheck)
 
     def firmware_args(self) -> list[str]:
         """``-L`` arguments for firmware of a binary built with a non-Debian datadir."""
@@ -213,11 +214,12 @@ def build_qemu(source: Path, patches: list[Path], cache_dir: Path, source_id: st
 
 
 def provide_qemu(qemu_binary: Path | None, qemu_src: Path | None, patch_dir: Path,
-                 cache_dir: Path) -> QemuBuild:
-    """The binary the settings ask for: given, built from a tree, or Debian's source patched."""
+                 cache_dir: Path, extra_patches: Path | None = None) -> QemuBuild:
+    """The binary the settings ask for: given, built from a tree, or Debian's source patched
+    (with ``patch_dir``'s series, then ``extra_patches``'s, if given)."""
     if qemu_binary is not None:
         return QemuBuild(qemu_binary, f"given binary {qemu_binary}")
-    patches = patch_series(patch_dir)
+    patches = patch_series(patch_dir) + (patch_series(extra_patches) if extra_patches else [])
     if qemu_src is not None:
         source_id = hash_tree(qemu_src, ignore=lambda rel: rel.parts[0] in (".git", "build"))
         return build_qemu(qemu_src, patches, cache_dir, source_id)

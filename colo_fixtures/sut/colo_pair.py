@@ -112,6 +112,15 @@ class FailoverTimes:
                 "failover_done_s": self.commands_done - fault}
 
 
+@dataclass(frozen=True)
+class ColoStart:
+    """One ``migrate`` into COLO: which QEMU was primary, which secondary, and when."""
+
+    primary: QemuProcess
+    secondary: QemuProcess
+    at: float  # wall time just before ``migrate``
+
+
 @dataclass
 class ColoPair:
     """Primary and secondary QEMU of one COLO pair, placed on the lab's two hosts.
@@ -132,6 +141,7 @@ class ColoPair:
     retired: list[Replica] = field(default_factory=list)
     launches: int = 0
     colo_started_at: float | None = None  # wall time of the first ``migrate``
+    starts: list[ColoStart] = field(default_factory=list)  # every ``migrate`` into COLO
 
     # ------------------------------------------------------------------ who is where
 
@@ -232,8 +242,9 @@ class ColoPair:
                             capabilities=[{"capability": "x-colo", "state": True}])
         primary.process.qmp("migrate-set-parameters", **{"x-checkpoint-delay": delay_ms})
         started = time.monotonic()
+        self.starts.append(ColoStart(primary.process, secondary.process, time.time()))
         if self.colo_started_at is None:
-            self.colo_started_at = time.time()
+            self.colo_started_at = self.starts[0].at
         primary.process.qmp("migrate", uri=f"tcp:{sec_addr}:{ports.migration}")
         self.wait_colo(self.timeout)
         return time.monotonic() - started

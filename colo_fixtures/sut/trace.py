@@ -16,6 +16,7 @@ TRACE_LINE = re.compile(
     r"^(?P<pid>\d+)@(?P<sec>\d+)\.(?P<usec>\d{6}):(?P<name>\w+)(?: (?P<msg>.*))?$")
 STATE_CHANGE = re.compile(r"Change '(?P<old>\w+)' => '(?P<new>\w+)'")
 MESSAGE = re.compile(r"(?:Send|Receive) '(?P<msg>[\w-]+)' message")
+RAM_DIGEST_EVENT = "colo_ram_digest"  # patches/qemu-7.2-ramcheck: RAM digests per checkpoint
 
 
 @dataclass(frozen=True)
