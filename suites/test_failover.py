@@ -19,6 +19,7 @@ from colo_fixtures.core.verdicts import ConnectionBroken, require_memory_clean
 from colo_fixtures.evidence.consistency import compare_replicas
 from colo_fixtures.sut.trace import read_trace
 from colo_fixtures.workload.checker import check
+from colo_fixtures.workload.release_probe import check_output_compared
 
 pytestmark = [pytest.mark.colo, pytest.mark.failover, allure.epic("COLO"),
               allure.feature("failover")]
@@ -188,6 +189,7 @@ def resume_and_verify(colo, workload, cycle: int) -> dict[str, Any]:
     colo.faults.mark("resume-done", pair.primary.name)
     pair.wait_checkpoints(len(pair.checkpoints()) + 2, timeout=DELAY_MS / 1000 * 4 + 30)
     workload.wait_ok(10, timeout=60, since=colo.history.ops[-1].time)
+    check_output_compared(colo.agent(), pair)  # the new secondary's output reaches compare
     return {"cycle": cycle, **resumed}
 
 

@@ -94,6 +94,15 @@ class NicBroken(SutFailure):
     category = "virtio-net device broken (NIC dead)"
 
 
+class SecondaryOutputLost(SutFailure):
+    """The secondary's output never reaches colo-compare: deterministic client replies are
+    released only when a checkpoint flushes colo-compare's queue, not by comparison (their
+    latency is the checkpoint period), so the NIC the secondary would take over with is
+    already dead while the primary still serves."""
+
+    category = "Secondary's output not compared (replies released by checkpoints)"
+
+
 class QemuLogError(SutFailure):
     category = "QEMU error in the logs"
 

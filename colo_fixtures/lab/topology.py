@@ -103,6 +103,16 @@ class Topology:
     def client(self) -> HostSpec:
         return self.hosts["client"]
 
+    def environment(self, host_names: dict[str, str]) -> dict[str, str]:
+        """The lab as a report's environment shows it: hosts, links, addresses."""
+        pri, sec = self.hosts["primary"], self.hosts["secondary"]
+        return {
+            "lab_hosts": ", ".join(f"{role}={name}" for role, name in sorted(host_names.items())),
+            "lab_replication": f"{pri.rep_addr} <-> {sec.rep_addr} ({pri.rep_if}/{sec.rep_if})",
+            "lab_vm_network": f"{self.vm_addr} on {self.ext_subnet}, bridge {pri.bridge}, tap "
+                              f"{pri.tap}, ifb {pri.ifb} on the primary",
+        }
+
     @property
     def sentinel(self) -> HostSpec | None:
         return self.hosts.get("sentinel")

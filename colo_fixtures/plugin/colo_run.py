@@ -51,6 +51,7 @@ from colo_fixtures.sut.trace import checkpoints, read_trace
 from colo_fixtures.workload.client import Workload
 from colo_fixtures.workload.history import History
 from colo_fixtures.workload.nemesis import Faults
+from colo_fixtures.workload.release_probe import check_output_compared
 
 STARTED_KEY = pytest.StashKey[list["ColoRun"]]()
 
@@ -152,7 +153,8 @@ class ColoRun:
 
     @phase("boot: wait for the guest agent on both sides")
     def wait_agent_ready(self, timeout: float | None = None) -> None:
-        """Wait for the agent on both consoles, then for a PING round trip.
+        """Wait for the agent on both consoles, for a PING round trip, then check that
+        replies are released by comparison (``workload.release_probe``).
 
         The primary prints ``ready``; the secondary's console may skip that line (a
         checkpoint can carry it past the moment), so there a heartbeat is the sign.
@@ -168,6 +170,7 @@ class ColoRun:
                  health=self.pair.check_health, diagnosis=self.pair.diagnosis, interval=0.5,
                  seen=lambda: "not shown: " + ", ".join(missing()))
         self.agent(limit).ping()
+        check_output_compared(self.agent(), self.pair)
 
     def write_metrics(self, name: str, metrics: dict[str, Any]) -> Path:
         """Write ``metrics`` as ``<name>.json`` in the artifacts and attach it."""
@@ -179,17 +182,6 @@ class ColoRun:
 
 # How the report names start_colo: its teardown carries every log, transcript and plot.
 EVIDENCE_TITLE = "COLO lab and its evidence (logs, QMP, consoles, traces, plots)"
-
-
-def lab_environment(topo: Topology, hosts: dict[str, Host]) -> dict[str, str]:
-    """The lab as the report's environment shows it: hosts, links, addresses."""
-    pri, sec = topo.hosts["primary"], topo.hosts["secondary"]
-    return {
-        "lab_hosts": ", ".join(f"{role}={host.name}" for role, host in sorted(hosts.items())),
-        "lab_replication": f"{pri.rep_addr} <-> {sec.rep_addr} ({pri.rep_if}/{sec.rep_if})",
-        "lab_vm_network": f"{topo.vm_addr} on {topo.ext_subnet}, bridge {pri.bridge}, tap "
-                          f"{pri.tap}, ifb {pri.ifb} on the primary",
-    }
 
 
 @pytest.fixture
@@ -235,7 +227,7 @@ def start_colo(request: pytest.FixtureRequest, colo_settings: Settings, qemu_bui
         with phase(f"provision: lab network and scratch ({where})"):
             lab, root, hosts, staged = local_lab() if lab_hosts is None else ssh_lab(lab_hosts)
         topo = lab.topo
-        report.environment(**lab_environment(topo, hosts))
+        report.environment(**topo.environment({r: h.name for r, h in hosts.items()}))
         binary, kernel, initrd = (staged.get(path, path) for path in (
             qemu_build.binary, guest_image.kernel, guest_image.initrd))
         vm = VmConfig(binary, tuple(qemu_build.firmware_args()), accel, s.guest_memory,

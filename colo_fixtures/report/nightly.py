@@ -90,9 +90,10 @@ def previous_metrics(root: Path, before: Path) -> Path | None:
 def pytest_argv(python: Path, run: Path, *, profile: str, inventory: Path | None,
                 workers: str, cycles: int, marker: str, extra: list[str]) -> list[str]:
     """The suites, every variant: -m colo includes the slow ones, --colo-cycles the long
-    repeated-cycles run; xdist where the profile allows it (not over SSH)."""
+    repeated-cycles run, --colo-ramcheck RAM compared at every checkpoint; xdist where the
+    profile allows it (not over SSH)."""
     argv = [str(python), "-m", "pytest", "suites/", "-m", marker, "-p", "no:cacheprovider",
-            "-rfExs", "--colo-profile", profile, "--colo-cycles", str(cycles),
+            "-rfExs", "--colo-profile", profile, "--colo-cycles", str(cycles), "--colo-ramcheck",
             "--alluredir", str(run / "allure-results"), "--report-dir", str(run / "reports")]
     if inventory is not None:
         argv += ["--inventory", str(inventory)]

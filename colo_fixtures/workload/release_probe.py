@@ -1,0 +1,94 @@
+"""Are client replies released by comparison? A COLO health invariant, probed with requests.
+
+colo-compare holds each of the primary's packets until the secondary's matching packet
+arrives and releases it then; a packet it never gets a match for is released only when the
+next checkpoint flushes its queues (the periodic one, or the one its own timeout forces).
+So when the secondary's output never reaches colo-compare (its NIC frozen, a redirector
+dead), every reply waits for a checkpoint and is released inside that checkpoint's pause,
+while the primary's guest keeps serving: nothing else shows it until that secondary takes
+over with a dead NIC.
+
+The probe sends deterministic requests (a GET of a key no workload writes: both guests
+answer byte for byte the same) one after another and asks, of each reply, whether it came
+inside a checkpoint the request was already waiting for. A healthy reply comes within
+milliseconds, from a running primary; it lands in such a window only if a checkpoint began
+in the millisecond before the primary sent it. Every probe landing there is the invariant
+broken.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from colo_fixtures.core.events import phase
+from colo_fixtures.core.verdicts import SecondaryOutputLost
+from colo_fixtures.sut.colo_pair import ColoPair
+from colo_fixtures.sut.guest.agent import AgentClient
+from colo_fixtures.sut.trace import Checkpoint
+
+log = logging.getLogger("colo.probe")
+
+PROBE_KEY = "release_probe"  # no workload writes it: GET answers the same on both sides
+PROBES = 5
+RELEASE_SLACK_S = 0.005  # from the flush (before the primary resumes) to the client
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One request's wall-clock send and reply times."""
+
+    sent: float
+    replied: float
+
+    @property
+    def latency(self) -> float:
+        return self.replied - self.sent
+
+
+def released_by(probe: Probe, points: list[Checkpoint]) -> Checkpoint | None:
+    """The checkpoint that released ``probe``'s reply: one requested while the request
+    waited, whose pause the reply came in (before the primary resumed, plus slack)."""
+    for point in points:
+        end = point.resumed if point.resumed is not None else float("inf")
+        if probe.sent <= point.requested <= probe.replied <= end + RELEASE_SLACK_S:
+            return point
+    return None
+
+
+def probe_replies(agent: AgentClient, count: int = PROBES) -> list[Probe]:
+    """``count`` deterministic round trips, one after another."""
+    probes = []
+    for _ in range(count):
+        sent = time.time()
+        agent.get(PROBE_KEY)
+        probes.append(Probe(sent, time.time()))
+    return probes
+
+
+def check_released_by_compare(probes: list[Probe], points: list[Checkpoint],
+                              secondary: str) -> list[Checkpoint | None]:
+    """Raise SecondaryOutputLost if every probe's reply was released by a checkpoint;
+    return, per probe, the checkpoint that released it (None: released by comparison)."""
+    releases = [released_by(p, points) for p in probes]
+    by_compare = sum(1 for r in releases if r is None)
+    log.info("release probe: %d of %d replies released by comparison (latencies %s ms)",
+             by_compare, len(probes), ", ".join(f"{p.latency * 1000:.0f}" for p in probes))
+    if probes and by_compare == 0:
+        latencies = ", ".join(f"{p.latency * 1000:.0f}" for p in probes)
+        raise SecondaryOutputLost(
+            f"every one of {len(probes)} deterministic replies was released by a checkpoint "
+            f"(latencies {latencies} ms), none by colo-compare: {secondary}'s output never "
+            "reaches colo-compare (its NIC or its redirector is dead), although the primary "
+            "serves")
+    return releases
+
+
+def check_output_compared(agent: AgentClient, pair: ColoPair,
+                          count: int = PROBES) -> list[Checkpoint | None]:
+    """Send ``count`` probes through ``agent``, then judge them against the primary's
+    checkpoints (read after the last reply, so that every release is in them)."""
+    with phase("check: deterministic replies are released by colo-compare"):
+        probes = probe_replies(agent, count)
+        return check_released_by_compare(probes, pair.checkpoints(), pair.secondary.name)
