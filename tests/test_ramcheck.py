@@ -7,7 +7,9 @@ Why checkpoint 2 and not 1: both guests first run when COLO starts (the primary 
 secondary from -incoming), with no TLB entry yet, so every page written before checkpoint 1
 was marked dirty by its first write and is sent (and restored) correctly. The bug of patch
 0002 is that checkpoint 1's bitmap sync leaves those TLB entries writable without tracking:
-the writes through them after it are missed, so checkpoint 2 is the first that can differ.
+the writes through them after it are missed, so checkpoint 2 is the first that can differ
+(seen: 2 in 8 of 9 runs here, 3 in one, when the guest wrote nothing through such an entry
+between the first two).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from colo_fixtures.evidence.ramcheck import (
 ROOT = Path(__file__).resolve().parent.parent
 PATCHES = ROOT / "patches" / "qemu-7.2"
 MIN_CHECKPOINTS = 100
+LATEST_DIVERGENCE = 5  # the guest's memory checker writes all the time: it shows at once
 
 
 def line(pid: int, at: float, side: str, n: int, block: str, chunks: list[str]) -> str:
@@ -172,7 +175,7 @@ def test_default_build_is_silent_over_100_checkpoints(tmp_path: Path):
 
 
 @pytest.mark.timeout(1800 + 120)
-def test_build_with_only_the_first_fix_diverges_at_checkpoint_2(tmp_path: Path):
+def test_build_with_only_the_first_fix_diverges_from_checkpoint_2(tmp_path: Path):
     only_first = tmp_path / "patches"
     only_first.mkdir()
     first = sorted(PATCHES.glob("0001-*.patch"))[0]
@@ -184,6 +187,9 @@ def test_build_with_only_the_first_fix_diverges_at_checkpoint_2(tmp_path: Path):
     assert rc == 1, f"divergence went unnoticed (rc {rc}):\n{output[-3000:]}"
     texts = [p.read_text() for p in (tmp_path / "reports").rglob("ramcheck.txt")]
     assert texts, "the failed run wrote no ramcheck.txt"
-    assert "RAM differs at checkpoint 2 (after loading): block pc.ram" in texts[0], texts[0]
-    assert "RAM digest mismatch" in output, output[-3000:]
+    found = re.search(r"RAM differs at checkpoint (\d+) \(after loading\): block pc\.ram", texts[0])
+    assert found, texts[0]
+    assert 2 <= int(found[1]) <= LATEST_DIVERGENCE, texts[0]
+    # the divergence is the verdict, before the secondary's guest crash it leads to
+    assert "MemoryDivergence: log analyzer: RAM digest mismatch" in output, output[-3000:]
     print(f"{texts[0].strip()} ({seconds:.0f}s)")

@@ -359,8 +359,8 @@ def _collect_evidence(colo: ColoRun, artifacts: Path) -> list[Finding]:
                              colo_at=colo.pair.colo_started_at)
         if storm := miscompare_storm(process.trace_log):
             findings.append(storm)
-    if colo.ramcheck:
-        findings += check_pair(colo.pair, artifacts)
+    if colo.ramcheck:  # first: a divergence explains the guest crash it leads to
+        findings = check_pair(colo.pair, artifacts) + findings
     return findings
 
 
