@@ -1,24 +1,32 @@
-"""Failover and resume under a running client: nothing acknowledged is lost.
+"""Failover and resume under running clients: nothing acknowledged is lost.
 
-Each test starts a pair, runs a client workload (one long-lived TCP connection doing
-writes and reads), injects a fault through the nemesis, fails over as the upstream recipe
-says, and lets the checker judge the client's history against what the survivor holds.
-Failover times (fault → COLO_EXIT on the survivor, → failover commands done, → first ok
-client operation) and client downtime go into ``failover.json`` per test.
+Each test starts a pair, runs a client workload (``--colo-clients`` clients, each over one
+long-lived TCP connection doing writes and reads of its own keys), injects a fault through
+the nemesis, fails over as the upstream recipe says, and lets the checker judge the
+history against what the survivor holds: the keys it serves and its disk's write log,
+where every acknowledged write must be its own record. After every resume the new
+secondary's disk must equal the primary's. Failover times (fault → COLO_EXIT on the
+survivor, → failover commands done, → first ok client operation) and client downtime go
+into ``failover.json`` per test.
 """
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import allure
 import pytest
 
-from colo_fixtures.core.verdicts import ConnectionBroken, require_memory_clean
-from colo_fixtures.evidence.consistency import compare_replicas
+from colo_fixtures.core.verdicts import (
+    ConnectionBroken,
+    SpuriousMiscompare,
+    require_memory_clean,
+)
+from colo_fixtures.evidence.consistency import compare_replicas, survivor_log
 from colo_fixtures.sut.trace import read_trace
-from colo_fixtures.workload.checker import check
+from colo_fixtures.workload.checker import CheckResult, check
 from colo_fixtures.workload.release_probe import check_output_compared
 
 pytestmark = [pytest.mark.colo, pytest.mark.failover, allure.epic("COLO"),
@@ -31,14 +39,17 @@ QUIET_DELAY_MS = 20000  # no periodic checkpoint while a new connection opens
 # A side's VM stopping for a checkpoint, as its own trace log says it.
 CHECKPOINT_STOP = "colo_vm_state_change Change 'run' => 'stop'"
 IDLE_AFTER_RESUME_S = 0.3  # an idle kill comes this long after a checkpoint resumed
+IDLE_TRIES = 5  # checkpoints waited out for an idle moment before SpuriousMiscompare
 HEARTBEAT_S = 0.5  # the harness's QMP heartbeat period
 HEARTBEAT_MISSES = 3  # unanswered heartbeats before a peer is declared hung
 
 
-def start_with_traffic(start_colo, ops: int = 20):
+def start_with_traffic(start_colo, ops: int = 20, clients: int | None = None):
+    """A pair and a running workload (``--colo-clients`` clients unless ``clients``), each
+    client past ``ops`` ok operations."""
     colo = start_colo(DELAY_MS)
     colo.wait_agent_ready()
-    workload = colo.workload()
+    workload = colo.workload(clients)
     workload.wait_ok(ops, timeout=60)
     return colo, workload
 
@@ -74,15 +85,28 @@ def stopped_at(process, at: float) -> bool:
 
 def kill_while_idle(colo, process) -> tuple[float, bool]:
     """SIGKILL ``process`` while both VMs run: a moment after the primary resumed from a
-    checkpoint, long before the next one is due. Returns the fault time and whether it
-    nevertheless fell inside a checkpoint (colo-compare can ask for one at any moment)."""
+    checkpoint, long before the next one is due, and no checkpoint asked for since (up to
+    IDLE_TRIES checkpoints are waited out for one; SpuriousMiscompare if none leaves such a
+    moment). Returns the fault time and whether it nevertheless fell inside a checkpoint
+    (colo-compare can ask for one at any moment)."""
     pair = colo.pair
-    resumed = len([c for c in pair.checkpoints() if c.resumed is not None])
-    pair.wait_checkpoints(resumed + 1, timeout=DELAY_MS / 1000 * 2 + 30)
-    time.sleep(IDLE_AFTER_RESUME_S)
-    sides = pair.sides
-    at = colo.faults.kill(process, "while idle")
-    return at, in_checkpoint(colo, at, sides)
+    gaps: list[float] = []
+    for _ in range(IDLE_TRIES):
+        resumed = len([c for c in pair.checkpoints() if c.resumed is not None])
+        last = pair.wait_checkpoints(resumed + 1, timeout=DELAY_MS / 1000 * 2 + 30)[-1]
+        time.sleep(IDLE_AFTER_RESUME_S)
+        assert last.resumed is not None
+        since = [c for c in pair.checkpoints() if c.requested > last.resumed]
+        if not since:
+            at = colo.faults.kill(process, "while idle")
+            return at, in_checkpoint(colo, at, pair.sides)
+        gaps.append(since[0].requested - last.resumed)
+    raise SpuriousMiscompare(
+        f"no idle moment to kill in: colo-compare asked for a checkpoint "
+        f"{', '.join(f'{g * 1000:.0f}' for g in gaps)} ms after each of the last "
+        f"{IDLE_TRIES} resumes (x-checkpoint-delay {DELAY_MS} ms); the client's replies wait "
+        "for those checkpoints (see the primary's trace: colo_compare_ip_info before each "
+        "request)")
 
 
 def fail_over(colo, victim: str, fault: str) -> dict[str, Any]:
@@ -134,12 +158,31 @@ def survivor_memcheck(colo, figures: dict[str, Any]) -> None:
     require_memory_clean(mem, "the survivor")
 
 
-def judge(colo, workload, figures: dict[str, Any], name: str = "failover") -> None:
+def check_survivor(colo, scratch: Path, **options: Any) -> CheckResult:
+    """The history against what the VM serving alone holds: every written key read back
+    through its agent, then its disk's whole write log (a live export), read after the keys,
+    so every write acknowledged before the reads began must be in both."""
+    final, final_at = colo.final_state()
+    log = {r.seq: (r.key, r.value) for r in survivor_log(colo.pair, scratch)}
+    return check(colo.history, final, final_at=final_at, log=log, **options)
+
+
+def verify_survivor(colo, workload, figures: dict[str, Any], scratch: Path, fault: int) -> None:
+    """After fault number ``fault``: the client goes on, the survivor holds every write it
+    saw acknowledged (keys and disk log), and its memory check is clean."""
+    workload.wait_ok(5, timeout=60, since=colo.history.ops[-1].time)
+    snapshot = check_survivor(colo, scratch)
+    figures.update(client_figures(snapshot, fault), history_valid=snapshot.valid)
+    snapshot.assert_valid(f"after failover {fault + 1}")
+    survivor_memcheck(colo, figures)
+
+
+def judge(colo, workload, figures: dict[str, Any], scratch: Path,
+          name: str = "failover") -> None:
     """Let the client run on, stop it, check the history against the survivor, report."""
     workload.wait_ok(20, timeout=60, since=colo.history.ops[-1].time)
     workload.stop()
-    final, final_at = colo.final_state()
-    result = check(colo.history, final, final_at=final_at, require_connection_survives=True)
+    result = check_survivor(colo, scratch, require_connection_survives=True)
     figures.update(client_figures(result, 0), connection=result.connection,
                    operations=result.stats)
     try:
@@ -153,11 +196,14 @@ def judge(colo, workload, figures: dict[str, Any], name: str = "failover") -> No
 
 @allure.story("failover after SIGKILL while idle")
 @pytest.mark.parametrize("victim", ["primary", "secondary"])
-def test_failover_after_kill(start_colo, victim):
-    colo, workload = start_with_traffic(start_colo)
+def test_failover_after_kill(start_colo, victim, tmp_path):
+    # One client: concurrent clients' replies differ between the replicas (the agent numbers
+    # their writes in the order its threads take them), so colo-compare checkpoints after
+    # nearly every reply and leaves no idle moment to kill in.
+    colo, workload = start_with_traffic(start_colo, clients=1)
     figures = fail_over(colo, victim, "kill-while-idle")
     assert figures["colo_exit_s"] is not None, "the survivor emitted no COLO_EXIT"
-    judge(colo, workload, figures)
+    judge(colo, workload, figures, tmp_path)
     assert not figures["in_checkpoint"], (
         "the kill timed between checkpoints fell inside one (colo-compare asked for a "
         "checkpoint in that moment): this run did not test an idle failover")
@@ -165,51 +211,55 @@ def test_failover_after_kill(start_colo, victim):
 
 @allure.story("failover after SIGKILL during a checkpoint")
 @pytest.mark.parametrize("victim", ["primary", "secondary"])
-def test_failover_during_checkpoint(start_colo, victim):
+def test_failover_during_checkpoint(start_colo, victim, tmp_path):
     colo, workload = start_with_traffic(start_colo)
     figures = fail_over(colo, victim, "kill-in-checkpoint")
-    judge(colo, workload, figures)
+    judge(colo, workload, figures, tmp_path)
     assert figures["in_checkpoint"], "the kill missed the checkpoint it was timed on"
 
 
 @allure.story("a hung peer is detected by the heartbeat and failed over")
 @pytest.mark.parametrize("victim", ["primary", "secondary"])
-def test_failover_after_hang(start_colo, victim):
+def test_failover_after_hang(start_colo, victim, tmp_path):
     colo, workload = start_with_traffic(start_colo)
     figures = fail_over(colo, victim, "hang")
     limit = HEARTBEAT_S * (HEARTBEAT_MISSES + 2) * 2
     assert figures["hang_detected_s"] < limit, f"hang detected late: {figures}"
-    judge(colo, workload, figures)
+    judge(colo, workload, figures, tmp_path)
 
 
-def resume_and_verify(colo, workload, cycle: int) -> dict[str, Any]:
-    """Resume replication, then wait for checkpoints and for the client to go on."""
+def resume_and_verify(colo, workload, cycle: int, scratch: Path) -> dict[str, Any]:
+    """Resume replication, wait for checkpoints and for the client to go on, check that the
+    new secondary's output reaches colo-compare, then, in a quiet window of the client, that
+    its disk equals the primary's (DiskDivergence naming the differing offsets)."""
     pair = colo.pair
     resumed = pair.resume(DELAY_MS)
     colo.faults.mark("resume-done", pair.primary.name)
     pair.wait_checkpoints(len(pair.checkpoints()) + 2, timeout=DELAY_MS / 1000 * 4 + 30)
     workload.wait_ok(10, timeout=60, since=colo.history.ops[-1].time)
-    check_output_compared(colo.agent(), pair)  # the new secondary's output reaches compare
-    return {"cycle": cycle, **resumed}
+    with workload.hold():  # no client traffic: its checkpoints would blur the probe
+        check_output_compared(colo.agent(), pair)  # the new secondary's output is compared
+        comparison = compare_replicas(pair, scratch)
+    comparison.require_identical(f"after resume {cycle}, the primary's and the new "
+                                 "secondary's disks")
+    return {"cycle": cycle, **resumed, "disks_identical": comparison.identical,
+            "disk_compare_s": comparison.window_s}
 
 
 @allure.story("resume replication after failover")
 def test_resume_replication(start_colo, tmp_path):
     colo, workload = start_with_traffic(start_colo)
     figures = fail_over(colo, "primary", "kill")
-    figures["resume"] = resume_and_verify(colo, workload, 1)
-    workload.stop()
-    final, final_at = colo.final_state()
-    result = check(colo.history, final, final_at=final_at, require_connection_survives=True)
-    comparison = compare_replicas(colo.pair, tmp_path / "compare")
-    figures.update(client_figures(result, 0), disks_identical=comparison.identical,
-                   connection=result.connection)
     try:
+        verify_survivor(colo, workload, figures, tmp_path / "survivor", 0)
+        figures["resume"] = resume_and_verify(colo, workload, 1, tmp_path / "compare")
+        workload.stop()
+        result = check_survivor(colo, tmp_path / "survivor", require_connection_survives=True)
+        figures.update(connection=result.connection)
         survivor_memcheck(colo, figures)
     finally:
         colo.write_metrics("resume", figures)
     result.assert_valid()
-    comparison.require_identical("the resynchronised disks")
     assert colo.pair.colo_modes() == ("primary", "secondary")
 
 
@@ -230,7 +280,9 @@ def traffic_around_checkpoint(start_colo, checkpointed: bool):
         count = len(pair.checkpoints())
         pair.set_checkpoint_delay(QUIET_DELAY_MS)
         pair.wait_checkpoints(count + 1, timeout=DELAY_MS / 1000 * 2 + 30)
-    workload = colo.workload()
+    # One client when no checkpoint may cover it: concurrent clients make colo-compare
+    # checkpoint at once (see test_failover_after_kill).
+    workload = colo.workload(None if checkpointed else 1)
     workload.wait_ok(5, timeout=60)
     opened = colo.history.ops[0].wall
     if checkpointed:
@@ -248,7 +300,7 @@ def traffic_around_checkpoint(start_colo, checkpointed: bool):
 @allure.story("repeated failover and resume cycles, alternating sides")
 @pytest.mark.slow  # --colo-cycles: 3 by default, 16 in tools/nightly
 @pytest.mark.parametrize("connection", ["checkpointed", "opened-since-checkpoint"])
-def test_repeated_cycles(start_colo, colo_settings, connection):
+def test_repeated_cycles(start_colo, colo_settings, connection, tmp_path):
     cycles = colo_settings.colo_cycles
     colo, workload = traffic_around_checkpoint(start_colo, connection == "checkpointed")
     reports: list[dict[str, Any]] = []
@@ -263,28 +315,21 @@ def test_repeated_cycles(start_colo, colo_settings, connection):
         try:
             figures = fail_over(colo, victim, "kill")
             reports.append(figures)
-            figures["resume"] = resume_and_verify(colo, workload, cycle)
+            # The checker passes after every failover, not only at the end; the client runs
+            # on meanwhile, so writes acknowledged after the final reads began are concurrent.
+            verify_survivor(colo, workload, figures, tmp_path / "survivor", cycle - 1)
+            figures["resume"] = resume_and_verify(colo, workload, cycle, tmp_path / "compare")
         except Exception as exc:  # the verdict propagates as it is, its cycle recorded
             record(failed=f"cycle {cycle} ({victim} killed): {str(exc).splitlines()[0]}")
             raise
-        # The checker passes after every cycle, not only at the end; the client runs on
-        # meanwhile, so writes acknowledged after the final reads began are concurrent.
-        final, final_at = colo.final_state()
-        snapshot = check(colo.history, final, final_at=final_at)
-        figures.update(client_figures(snapshot, cycle - 1), history_valid=snapshot.valid)
-        try:
-            survivor_memcheck(colo, figures)
-        finally:
-            record()
-        snapshot.assert_valid(f"after cycle {cycle}")
+        record()
     workload.stop()
-    final, final_at = colo.final_state()
-    result = check(colo.history, final, final_at=final_at)
+    result = check_survivor(colo, tmp_path / "survivor")
     record(connection=result.connection, downtime=result.downtime)
     allure.attach(result.summary(), "checker", allure.attachment_type.TEXT)
     result.assert_valid()
     if not result.connection["survived"]:
         raise ConnectionBroken(
-            "the long-lived connection did not survive the cycles: "
-            + "; ".join(f"conn {b['conn']} broke at {b['at']:+.3f}s ({b['error']})"
+            "a long-lived client connection did not survive the cycles: "
+            + "; ".join(f"{b['client']} conn {b['conn']} broke at {b['at']:+.3f}s ({b['error']})"
                         for b in result.connection["breaks"]))

@@ -35,6 +35,7 @@ def test_pytest_argv_uses_xdist_only_where_the_profile_allows(tmp_path: Path):
     assert local[local.index("-n"):][:4] == ["-n", "auto", "--dist", "loadgroup"]
     assert local[local.index("--colo-cycles") + 1] == "16" and local[-2:] == ["-k", "x"]
     assert "--colo-ramcheck" in local  # the nightly compares RAM at every checkpoint
+    assert local[local.index("--colo-clients") + 1] == "4"
     assert local[local.index("--alluredir") + 1] == str(tmp_path / "allure-results")
     remote = pytest_argv(Path("py"), tmp_path, profile="inventory", inventory=Path("lab.toml"),
                          workers="auto", cycles=16, marker="colo", extra=[])

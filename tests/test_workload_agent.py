@@ -1,6 +1,7 @@
 """Integration: the Workload against the real guest agent in QEMU (TCG, user networking).
 
-A clean run must check valid with its one connection intact. When QEMU is SIGKILLed mid-run,
+A clean run must check valid with its one connection intact, and so must several concurrent
+clients, each on its own connection and keys. When QEMU is SIGKILLed mid-run,
 the workload must record the broken connection (when and why), and the agent's disk must
 hold every write it acknowledged (it fdatasyncs before answering) and nothing else.
 """
@@ -20,7 +21,7 @@ from colo_fixtures.sut.guest.agent import AgentClient
 from colo_fixtures.sut.guest.image import GuestImage
 from colo_fixtures.sut.guest.records import disk_store, parse_disk_records
 from colo_fixtures.workload.checker import check
-from colo_fixtures.workload.client import Workload
+from colo_fixtures.workload.client import ClientPool, Workload
 from colo_fixtures.workload.history import History
 
 OP_TIMEOUT = 5.0
@@ -68,7 +69,7 @@ def test_workload_on_the_agent_checks_valid(boot, record_property):
     record_property("workload_check", result.to_json())
     assert result.valid, result.summary() + "\n" + vm.diagnosis()
     assert workload.broken == [] and workload.crash is None
-    assert result.connection == {"survived": True, "connections": 1, "breaks": [],
+    assert result.connection == {"survived": True, "clients": 1, "connections": 1, "breaks": [],
                                  "first_conn_ops": result.stats["write"]["ok"]
                                  + result.stats["read"]["ok"]}
     assert result.stats["write"]["ok"] >= 5, result.summary()
@@ -77,6 +78,47 @@ def test_workload_on_the_agent_checks_valid(boot, record_property):
     # The survivor is the only VM: the final reads show the last acknowledged write per key.
     last = {op.key: (op.seq, op.value) for op in history if op.f == "write" and op.type == "ok"}
     assert {k: v for k, v in final.items() if v is not None} == last
+
+
+def test_hold_is_a_quiet_window_on_the_same_connection(boot):
+    vm = boot()
+    workload = Workload(vm.connect, History(), op_timeout=OP_TIMEOUT)
+    workload.start()
+    workload.wait_ok(5, timeout=30)
+    with workload.hold():
+        entered = len(workload.history.ops)
+        time.sleep(1.0)
+        during = workload.history.ops[entered:]
+        last = workload.history.ops[-1]
+    workload.wait_ok(5, timeout=30, since=last.time)
+    history = workload.stop()
+    assert during == [], f"operations inside the hold: {during}"
+    assert last.type != "invoke", f"the hold began with an operation in flight: {last}"
+    assert {op.conn for op in history} == {1} and workload.broken == []
+
+
+def test_client_pool_runs_concurrent_clients_on_their_own_keys(boot):
+    vm = boot()
+    history = History()
+    pool = ClientPool.of(3, vm.connect, history, op_timeout=OP_TIMEOUT, keys=4)
+    pool.start()
+    pool.wait_ok(10, timeout=60)
+    with pool.hold():
+        entered = len(history.ops)
+        time.sleep(0.5)
+        assert history.ops[entered:] == [], "an operation inside the pool's hold"
+    since = history.ops[-1].time
+    pool.wait_ok(5, timeout=30, since=since)
+    pool.stop()
+    writers = {op.key: op.process for op in history if op.f == "write"}
+    assert {k[:2] for k in writers} == {"c1", "c2", "c3"}
+    assert all(writers[k] == f"client-{k[1]}" for k in writers), "a key with two writers"
+    # The agent's seq numbers every client's writes in one order: the checker's log order
+    # check spans the clients, and the final state must hold each client's newest writes.
+    result = check(history, read_all(vm, written_keys(history)), require_connection_survives=True)
+    assert result.valid, result.summary()
+    assert result.connection["clients"] == 3 and result.connection["connections"] == 3
+    assert len({op.conn for op in history}) == 3 and pool.broken == [] and pool.crash is None
 
 
 def test_workload_records_qemu_killed_mid_run(boot, record_property):
@@ -115,7 +157,8 @@ def test_workload_records_qemu_killed_mid_run(boot, record_property):
     assert result.valid, result.summary()
     assert result.connection["survived"] is False
     assert result.connection["breaks"] == [
-        {"conn": 1, "at": pytest.approx(brk.time - kill.time), "error": brk.error}]
+        {"client": "client-1", "conn": 1, "at": pytest.approx(brk.time - kill.time),
+         "error": brk.error}]
     # No operation started after the kill succeeded. A reply already in flight at the kill
     # may still arrive just after it is recorded (CI saw one 0.17 ms later): the VM sent it
     # while alive.
@@ -126,7 +169,7 @@ def test_workload_records_qemu_killed_mid_run(boot, record_property):
 
     strict = check(history, final, require_connection_survives=True)
     assert not strict.valid
-    assert strict.errors == [f"the long-lived connection broke at "
+    assert strict.errors == [f"client-1's long-lived connection broke at "
                              f"{brk.time - kill.time:+.3f}s: {brk.error}"]
 
     # Durability: every acknowledged write is on disk (seq included), and the disk holds

@@ -72,7 +72,8 @@ def test_valid_history_with_fault_and_reconnect(history: History):
     assert result.connection["survived"] is False
     assert result.connection["connections"] == 2
     assert result.connection["breaks"] == [
-        {"conn": 1, "at": pytest.approx(0.2), "error": "ConnectionResetError: [Errno 104] reset"}]
+        {"client": "client-1", "conn": 1, "at": pytest.approx(0.2),
+         "error": "ConnectionResetError: [Errno 104] reset"}]
     assert result.connection["first_conn_ops"] == 2
     assert result.stats["write"] == {"ok": 2, "fail": 0, "timeout": 0, "info": 1, "pending": 0}
     assert result.stats["read"] == {"ok": 2, "fail": 0, "timeout": 0, "info": 0, "pending": 0}
@@ -252,7 +253,7 @@ def test_connection_break_is_an_error_when_required(history: History):
     history.complete(op, "timeout", error="timeout after 5s")  # at 100.5
     result = check(history, {"k0": (1, "w1")}, require_connection_survives=True)
     assert not result.valid
-    assert result.errors == ["the long-lived connection broke at +0.200s: timeout after 5s"]
+    assert result.errors == ["client-1's long-lived connection broke at +0.200s: timeout after 5s"]
     assert check(history, {"k0": (1, "w1")}).valid
 
 
@@ -262,7 +263,7 @@ def test_surviving_connection_is_reported(history: History):
     write(history, "k0", "w2", seq=2)
     result = check(history, {"k0": (2, "w2")}, require_connection_survives=True)
     assert result.valid, result.summary()
-    assert result.connection == {"survived": True, "connections": 1, "breaks": [],
+    assert result.connection == {"survived": True, "clients": 1, "connections": 1, "breaks": [],
                                  "first_conn_ops": 2}
 
 
@@ -272,7 +273,8 @@ def test_request_not_sent_is_a_break(history: History):
     history.complete(op, "fail", error=NOT_SENT + "BrokenPipeError: [Errno 32] Broken pipe")
     result = check(history, {"k0": (1, "w1")})
     assert result.valid
-    assert result.connection["breaks"] == [{"conn": 1, "at": pytest.approx(0.3),
+    assert result.connection["breaks"] == [{"client": "client-1", "conn": 1,
+                                            "at": pytest.approx(0.3),
                                             "error": NOT_SENT + "BrokenPipeError: [Errno 32] "
                                                                 "Broken pipe"}]
 
@@ -283,7 +285,7 @@ def test_connection_replaced_after_an_err_is_a_break(history: History):
     history.complete(op, "fail", error="AgentError: agent replied 'ERR full'")
     write(history, "k0", "w3", seq=2, conn=2)
     result = check(history, {"k0": (2, "w3")}, require_connection_survives=True)
-    assert result.errors == ["the long-lived connection broke at +0.300s: "
+    assert result.errors == ["client-1's long-lived connection broke at +0.300s: "
                              "AgentError: agent replied 'ERR full'"]
 
 
@@ -315,7 +317,7 @@ def test_downtime_around_faults_is_exact(history: History, clock: Clock):
         "max_gap_s": 4.25,
         "around_faults": [{"fault": "kill primary", "at": 0.0, "gap_s": 4.25,
                            "first_ok_after_s": 4.0}]}
-    assert result.connection["breaks"] == [{"conn": 1, "at": 3.0,
+    assert result.connection["breaks"] == [{"client": "client-1", "conn": 1, "at": 3.0,
                                             "error": "timeout after 2.75s"}]
     assert result.connection["first_conn_ops"] == 2
 

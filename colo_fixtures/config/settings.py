@@ -227,6 +227,9 @@ KNOBS: tuple[Knob, ...] = (
          "debug step (e.g. 'qemu_rdma*,colo_compare*'); their log is attached", "PATTERNS"),
     Knob("colo_cycles", _int_range(1, 1000), "3",
          "failover → resume cycles of the repeated-cycles test (16 in nightly runs)", "N"),
+    Knob("colo_clients", _int_range(1, 64), "2",
+         "concurrent clients of each suite's workload, each on its own connection and keys "
+         "(4 in nightly runs)", "N"),
     Knob("wait_timeout", _float_range(1, 3600), "60",
          "seconds any single wait (boot, QMP, COLO state) may take before it is diagnosed",
          "SECONDS"),
@@ -270,6 +273,7 @@ class Settings:
     pcap: bool = False
     colo_trace: tuple[str, ...] = ()
     colo_cycles: int = 3
+    colo_clients: int = 2
     wait_timeout: float = 60.0
     vmft_root: Path | None = None
     vmft_patches: Path | None = None

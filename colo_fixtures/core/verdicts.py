@@ -103,6 +103,14 @@ class SecondaryOutputLost(SutFailure):
     category = "Secondary's output not compared (replies released by checkpoints)"
 
 
+class SpuriousMiscompare(SutFailure):
+    """colo-compare asked for checkpoints although the two sides' replies are the same
+    (one client, each request waiting for its reply): COLO pays a checkpoint per reply,
+    and a test that needs a moment without a checkpoint finds none."""
+
+    category = "Spurious miscompare (colo-compare checkpoints for identical replies)"
+
+
 class QemuLogError(SutFailure):
     category = "QEMU error in the logs"
 

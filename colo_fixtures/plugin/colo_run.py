@@ -48,7 +48,7 @@ from colo_fixtures.sut.guest.agent import AGENT_PORT, AgentClient
 from colo_fixtures.sut.guest.image import GuestImage, kernel_cmdline
 from colo_fixtures.sut.logscan import Finding, miscompare_storm, scan, verdict_of
 from colo_fixtures.sut.trace import checkpoints, read_trace
-from colo_fixtures.workload.client import Workload
+from colo_fixtures.workload.client import ClientPool, Workload
 from colo_fixtures.workload.history import History
 from colo_fixtures.workload.nemesis import Faults
 from colo_fixtures.workload.release_probe import check_output_compared
@@ -100,6 +100,7 @@ class ColoRun:
     capture: Capture | None = None  # --pcap: tcpdump of the replication link
     log_sizes_at_fault: dict[Path, int] | None = None
     ramcheck: bool = False  # the QEMU traces RAM digests: compare them at every checkpoint
+    client_count: int = 1  # concurrent clients of ``workload()`` (--colo-clients)
 
     @property
     def faults(self) -> Faults:
@@ -134,13 +135,15 @@ class ColoRun:
         self.clients.append(client)
         return client
 
-    def workload(self, **options: Any) -> Workload:
-        """Start a client workload recording into this lab's history (stopped at teardown)."""
-        workload = Workload(lambda: self.connect(5.0, health=False), self.history,
-                            health=self.pair.check_health, **options)
-        self.workloads.append(workload)
-        workload.start()
-        return workload
+    def workload(self, clients: int | None = None, **options: Any) -> ClientPool:
+        """Start ``clients`` (default ``--colo-clients``) concurrent clients recording into
+        this lab's history, each on its own connection and keys (stopped at teardown)."""
+        pool = ClientPool.of(clients or self.client_count,
+                             lambda: self.connect(5.0, health=False), self.history,
+                             health=self.pair.check_health, **options)
+        self.workloads += pool.clients
+        pool.start()
+        return pool
 
     @phase("check: read every written key back from the serving VM")
     def final_state(self) -> tuple[dict[str, tuple[int, str] | None], float]:
@@ -237,7 +240,7 @@ def start_colo(request: pytest.FixtureRequest, colo_settings: Settings, qemu_bui
                       topo.vm_mac, runtime_trace=s.colo_trace)
         pair = ColoPair(vm, topo, hosts, lab, root, artifacts, s.wait_timeout)
         colo = ColoRun(topo, lab, pair, artifacts, s.wait_timeout,
-                       ramcheck=qemu_build.ram_digests)
+                       ramcheck=qemu_build.ram_digests, client_count=s.colo_clients)
         started.append(colo)  # from here on teardown owns the lab, the QEMUs and the scratch
         if s.pcap:
             pri = topo.hosts["primary"]

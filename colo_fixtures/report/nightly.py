@@ -33,6 +33,7 @@ from colo_fixtures.report.metrics import METRICS_NAME, RUN_PLOT, Regression, reg
 
 RUN_NAME = re.compile(r"^\d{4}-\d\d-\d\dT\d{6}$")
 REGRESSION_STORY = "no figure got slower than the night before"
+NIGHTLY_CLIENTS = 4  # concurrent clients per workload in nightly runs (make colo: 2)
 # tools/nightly's exit codes: what happened, each its own number and summary word.
 EXIT_OK, EXIT_TESTS_FAILED, EXIT_USAGE, EXIT_REGRESSION = 0, 1, 2, 3
 EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_NO_TESTS = 4, 5, 6
@@ -90,10 +91,11 @@ def previous_metrics(root: Path, before: Path) -> Path | None:
 def pytest_argv(python: Path, run: Path, *, profile: str, inventory: Path | None,
                 workers: str, cycles: int, marker: str, extra: list[str]) -> list[str]:
     """The suites, every variant: -m colo includes the slow ones, --colo-cycles the long
-    repeated-cycles run, --colo-ramcheck RAM compared at every checkpoint; xdist where the
-    profile allows it (not over SSH)."""
+    repeated-cycles run, --colo-ramcheck RAM compared at every checkpoint, --colo-clients
+    more concurrent clients; xdist where the profile allows it (not over SSH)."""
     argv = [str(python), "-m", "pytest", "suites/", "-m", marker, "-p", "no:cacheprovider",
             "-rfExs", "--colo-profile", profile, "--colo-cycles", str(cycles), "--colo-ramcheck",
+            "--colo-clients", str(NIGHTLY_CLIENTS),
             "--alluredir", str(run / "allure-results"), "--report-dir", str(run / "reports")]
     if inventory is not None:
         argv += ["--inventory", str(inventory)]

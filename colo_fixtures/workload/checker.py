@@ -35,7 +35,7 @@ class CheckResult:
     connection: dict[str, Any]
     downtime: dict[str, Any]
     stats: dict[str, dict[str, int]]
-    connection_error: str | None = None  # the long-lived connection did not survive
+    connection_error: str | None = None  # a client's long-lived connection did not survive
 
     def verdict(self) -> Verdict | None:
         """The typed verdict of an invalid history (its gravest kind), else None."""
@@ -58,7 +58,8 @@ class CheckResult:
         lines = [f"history {'valid' if self.valid else 'INVALID'}: "
                  + ", ".join(f"{f} {counts}" for f, counts in self.stats.items())]
         lines.append(f"connection survived: {self.connection['survived']}"
-                     + "".join(f"; conn {b['conn']} broke at {b['at']:+.3f}s: {b['error']}"
+                     + "".join(f"; {b['client']} conn {b['conn']} broke at {b['at']:+.3f}s: "
+                               f"{b['error']}"
                                for b in self.connection["breaks"]))
         lines.append(f"longest gap between ok ops: {self.downtime['max_gap_s']}s")
         for fault in self.downtime["around_faults"]:
@@ -161,9 +162,11 @@ def check(history: History, final: Mapping[str, tuple[int, str] | None], *,
 
 def _broken_connection_error(connection: dict[str, Any]) -> str:
     if not connection["breaks"]:
-        return f"the long-lived connection was replaced ({connection['connections']} used)"
+        return (f"a long-lived connection was replaced ({connection['connections']} used by "
+                f"{connection['clients']} client(s))")
     first = connection["breaks"][0]
-    return f"the long-lived connection broke at {first['at']:+.3f}s: {first['error']}"
+    return (f"{first['client']}'s long-lived connection broke at {first['at']:+.3f}s: "
+            f"{first['error']}")
 
 
 def _stats(pairs: list[tuple[Op, Op | None]]) -> dict[str, dict[str, int]]:
@@ -287,25 +290,30 @@ def _check_final(states: dict[str, _KeyState], final: Mapping[str, tuple[int, st
 
 
 def _connection(ops: list[Op], origin: float) -> dict[str, Any]:
-    """Connections used and where each broke: its first unknown outcome (``timeout``,
-    ``info``) or request not sent (or, for a connection given up for a later one, its last
-    completion)."""
-    conns = sorted({op.conn for op in ops if op.conn is not None})
+    """Connections used, per client, and where each broke: its first unknown outcome
+    (``timeout``, ``info``) or request not sent (or, for a connection given up for a later
+    one, its last completion). It survived when no client broke or replaced its connection."""
+    by_client: dict[str, list[int]] = {}
+    for op in ops:
+        if op.conn is not None and op.conn not in by_client.setdefault(op.process, []):
+            by_client[op.process].append(op.conn)
     breaks = []
-    for conn in conns:
-        done = [op for op in ops if op.conn == conn and op.type != "invoke"
-                and op.error != STOPPED]
-        lost = next((op for op in done if op.type in UNKNOWN or (
-            op.type == "fail" and (op.error or "").startswith(NOT_SENT))), None)
-        if lost is None and conn != conns[-1] and done:
-            lost = done[-1]
-        if lost is not None:
-            breaks.append({"conn": conn, "at": lost.time - origin,
-                           "error": lost.error or "replaced by a new connection"})
-    first = conns[0] if conns else None
-    return {"survived": not breaks and len(conns) <= 1, "connections": len(conns),
-            "breaks": breaks,
-            "first_conn_ops": sum(1 for op in ops if op.conn == first and op.type == "ok")}
+    for client, conns in by_client.items():
+        for conn in conns:
+            done = [op for op in ops if op.conn == conn and op.type != "invoke"
+                    and op.error != STOPPED]
+            lost = next((op for op in done if op.type in UNKNOWN or (
+                op.type == "fail" and (op.error or "").startswith(NOT_SENT))), None)
+            if lost is None and conn != conns[-1] and done:
+                lost = done[-1]
+            if lost is not None:
+                breaks.append({"client": client, "conn": conn, "at": lost.time - origin,
+                               "error": lost.error or "replaced by a new connection"})
+    firsts = {conns[0] for conns in by_client.values()}
+    return {"survived": not breaks and all(len(c) <= 1 for c in by_client.values()),
+            "clients": len(by_client), "connections": sum(len(c) for c in by_client.values()),
+            "breaks": sorted(breaks, key=lambda b: b["at"]),
+            "first_conn_ops": sum(1 for op in ops if op.conn in firsts and op.type == "ok")}
 
 
 def _downtime(ops: list[Op], faults: list[Op], origin: float) -> dict[str, Any]:

@@ -1,5 +1,6 @@
 """The client: one thread per client, each over one long-lived TCP connection to the guest
-agent, doing writes and reads continuously and recording them in a ``History``."""
+agent, doing writes and reads continuously and recording them in a ``History``; a
+``ClientPool`` runs several at once, each on keys of its own."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ import itertools
 import socket
 import threading
 import time
-from collections.abc import Callable
-from contextlib import suppress
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass
+from typing import Any
 
 from colo_fixtures.core.verdicts import ClientTimeout
 from colo_fixtures.core.waits import wait_for
@@ -70,13 +72,13 @@ class Workload:
 
     def __init__(self, connect: Callable[[], socket.socket], history: History, *,
                  keys: int = 8, op_timeout: float = 5.0, pause: float = 0.02,
-                 reconnect: bool = True, process: str = "client-1",
+                 reconnect: bool = True, process: str = "client-1", key_prefix: str = "k",
                  health: Callable[[], None] | None = None):
         if keys < 1:
             raise ValueError(f"keys must be >= 1: {keys}")
         self.connect = connect
         self.history = history
-        self.keys = [f"k{i}" for i in range(keys)]
+        self.keys = [f"{key_prefix}{i}" for i in range(keys)]
         self.op_timeout = op_timeout
         self.pause = pause
         self.reconnect = reconnect
@@ -86,9 +88,11 @@ class Workload:
         self.connect_errors: list[str] = []
         self.crash: str | None = None  # an unexpected error that ended the thread
         self._stop = threading.Event()
+        self._running = threading.Event()  # cleared by hold(): no new operation
+        self._running.set()
+        self._idle = threading.Event()  # set by the thread while held between operations
         self._interrupted = threading.Event()
         self._thread: threading.Thread | None = None
-        self._conn_ids = itertools.count(1)
         self._lock = threading.Lock()
         self._client: _Client | None = None
         self._conn: int | None = None
@@ -105,7 +109,7 @@ class Workload:
         """Stop after the operation in flight, waiting at most ``timeout`` for it; then the
         connection is shut down under it (recorded ``info``, reason ``STOPPED``) and the
         thread gets ``op_timeout`` more. RuntimeError if it still runs after that."""
-        self._stop.set()
+        self.ask_stop()
         thread = self._thread
         if thread is None:
             return self.history
@@ -121,6 +125,19 @@ class Workload:
             raise RuntimeError(f"{self.process} did not stop within "
                                f"{timeout + self.op_timeout:g}s")
         return self.history
+
+    def hold(self) -> AbstractContextManager[None]:
+        """A quiet window: no new operation while inside, the connection kept open. Entering
+        waits for the operation in flight (it ends within ``op_timeout``)."""
+        return quiet_window([self])
+
+    def _quiet(self) -> bool:
+        thread = self._thread
+        return thread is None or not thread.is_alive() or self._idle.is_set()
+
+    def ask_stop(self) -> None:
+        """Ask the thread to stop after the operation in flight (``stop`` waits for it)."""
+        self._stop.set()
 
     def ok_count(self, since: float = 0.0) -> int:
         """ok completions of this client recorded at or after monotonic time ``since``."""
@@ -149,7 +166,7 @@ class Workload:
 
     def _loop(self) -> None:
         for n in itertools.count(1):
-            if self._stop.is_set():
+            if self._stop.is_set() or not self._wait_running():
                 return
             if self._client is None and not self._open():
                 return
@@ -167,6 +184,17 @@ class Workload:
                 return
             self._stop.wait(RECONNECT_PAUSE_S)
 
+    def _wait_running(self) -> bool:
+        """Stay idle while held (``hold``); False if stopped meanwhile."""
+        if self._running.is_set():
+            return True
+        self._idle.set()
+        while not self._running.wait(0.05):
+            if self._stop.is_set():
+                return False
+        self._idle.clear()
+        return True
+
     def _open(self) -> bool:
         """Connect (retrying until stopped); False if stopped first."""
         while not self._stop.is_set():
@@ -179,7 +207,7 @@ class Workload:
                 continue
             with self._lock:
                 self._client = _Client(sock, timeout=self.op_timeout)
-                self._conn = next(self._conn_ids)
+                self._conn = self.history.new_conn()
             return True
         return False
 
@@ -226,3 +254,77 @@ class Workload:
         self.broken.append(ConnectionBreak(op.conn or 0, done.time, done.wall, reason,
                                            self._last_ok))
         return False
+
+
+class ClientPool:
+    """Several ``Workload`` clients at once, one shared history: client ``n`` is process
+    ``client-<n>`` and writes only its own keys (``c<n>k<i>``), so every key has one writer
+    and the checker's per-key order holds; the write log's order spans them all. Its methods
+    apply to every client (``wait_ok``: each client makes ``count`` ok operations)."""
+
+    def __init__(self, clients: list[Workload]):
+        if not clients:
+            raise ValueError("a client pool needs at least one client")
+        self.clients = clients
+        self.history = clients[0].history
+
+    @classmethod
+    def of(cls, count: int, connect: Callable[[], socket.socket], history: History,
+           **options: Any) -> ClientPool:
+        """``count`` clients on ``history`` (one keeps the single client's names: client-1,
+        keys k<i>)."""
+        if count < 1:
+            raise ValueError(f"clients must be >= 1: {count}")
+        return cls([Workload(connect, history, process=f"client-{n}",
+                             key_prefix="k" if count == 1 else f"c{n}k", **options)
+                    for n in range(1, count + 1)])
+
+    @property
+    def broken(self) -> list[ConnectionBreak]:
+        return [b for client in self.clients for b in client.broken]
+
+    @property
+    def connect_errors(self) -> list[str]:
+        return sorted(e for client in self.clients for e in client.connect_errors)
+
+    @property
+    def crash(self) -> str | None:
+        return next((f"{c.process}: {c.crash}" for c in self.clients if c.crash), None)
+
+    def start(self) -> None:
+        for client in self.clients:
+            client.start()
+
+    def stop(self, timeout: float = 10) -> History:
+        """Stop every client (all are asked first, then each is waited for)."""
+        for client in self.clients:
+            client.ask_stop()
+        for client in self.clients:
+            client.stop(timeout)
+        return self.history
+
+    def wait_ok(self, count: int, timeout: float, since: float = 0.0) -> None:
+        """Wait until every client made ``count`` ok operations after ``since``."""
+        deadline = time.monotonic() + timeout
+        for client in self.clients:
+            client.wait_ok(count, max(deadline - time.monotonic(), 0.1), since)
+
+    def hold(self) -> AbstractContextManager[None]:
+        """A quiet window of every client at once (``Workload.hold``)."""
+        return quiet_window(self.clients)
+
+
+@contextmanager
+def quiet_window(clients: list[Workload]) -> Iterator[None]:
+    """No client starts an operation while inside; entering waits for those in flight."""
+    for client in clients:
+        client._running.clear()
+    try:
+        for client in clients:
+            wait_for(f"{client.process}: the operation in flight to end", client._quiet,
+                     client.op_timeout + 5, verdict=ClientTimeout, interval=0.01,
+                     seen=lambda: f"last ops: {clients[0].history.ops[-2:]}")
+        yield
+    finally:
+        for client in clients:
+            client._running.set()

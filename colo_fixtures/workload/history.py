@@ -59,6 +59,7 @@ class History:
         self._ops: list[Op] = []
         self._lock = threading.Lock()
         self._values = itertools.count(1)
+        self._conns = itertools.count(1)
 
     def _append(self, at: float | None = None, **fields: Any) -> Op:
         with self._lock:
@@ -73,6 +74,11 @@ class History:
         """A write value unique in this history (``w1``, ``w2``, ...), even across clients."""
         with self._lock:
             return f"w{next(self._values)}"
+
+    def new_conn(self) -> int:
+        """A connection id unique in this history, across clients."""
+        with self._lock:
+            return next(self._conns)
 
     def invoke(self, process: str, f: str, key: str | None, value: str | None,
                conn: int | None) -> Op:
@@ -140,4 +146,6 @@ class History:
         used = [int(op.value[1:]) for op in history._ops
                 if op.f == "write" and op.value and re.fullmatch(r"w\d+", op.value)]
         history._values = itertools.count(max(used, default=0) + 1)
+        conns = [op.conn for op in history._ops if op.conn is not None]
+        history._conns = itertools.count(max(conns, default=0) + 1)
         return history

@@ -12,7 +12,7 @@ The probe sends deterministic requests (a GET of a key no workload writes: both 
 answer byte for byte the same) one after another and asks, of each reply, whether it came
 inside a checkpoint the request was already waiting for. A healthy reply comes within
 milliseconds, from a running primary; it lands in such a window only if a checkpoint began
-in the millisecond before the primary sent it. Every probe landing there is the invariant
+in the millisecond before the primary sent it. Most probes landing there is the invariant
 broken.
 """
 
@@ -69,19 +69,25 @@ def probe_replies(agent: AgentClient, count: int = PROBES) -> list[Probe]:
 
 def check_released_by_compare(probes: list[Probe], points: list[Checkpoint],
                               secondary: str) -> list[Checkpoint | None]:
-    """Raise SecondaryOutputLost if every probe's reply was released by a checkpoint;
-    return, per probe, the checkpoint that released it (None: released by comparison)."""
+    """Raise SecondaryOutputLost if most probes' replies were released by a checkpoint;
+    return, per probe, the checkpoint that released it (None: released by comparison).
+
+    Most, not all: a reply the flush released reaches the client within milliseconds of
+    the primary's resume, where a healthy reply to a request that came during the pause
+    lands too, so one probe can be judged either way (seen: 1 of 5 judged compared, with
+    latencies 316, 285, 294, 297, 300 ms at x-checkpoint-delay 300). A healthy probe waits
+    for a checkpoint only if one begins in the few milliseconds it takes."""
     releases = [released_by(p, points) for p in probes]
-    by_compare = sum(1 for r in releases if r is None)
+    by_checkpoint = sum(1 for r in releases if r is not None)
+    latencies = ", ".join(f"{p.latency * 1000:.0f}" for p in probes)
     log.info("release probe: %d of %d replies released by comparison (latencies %s ms)",
-             by_compare, len(probes), ", ".join(f"{p.latency * 1000:.0f}" for p in probes))
-    if probes and by_compare == 0:
-        latencies = ", ".join(f"{p.latency * 1000:.0f}" for p in probes)
+             len(probes) - by_checkpoint, len(probes), latencies)
+    if probes and by_checkpoint * 2 > len(probes):
         raise SecondaryOutputLost(
-            f"every one of {len(probes)} deterministic replies was released by a checkpoint "
-            f"(latencies {latencies} ms), none by colo-compare: {secondary}'s output never "
-            "reaches colo-compare (its NIC or its redirector is dead), although the primary "
-            "serves")
+            f"{by_checkpoint} of {len(probes)} deterministic replies were released by a "
+            f"checkpoint (latencies {latencies} ms), not by colo-compare: {secondary}'s "
+            "output does not reach colo-compare (its NIC or its redirector is dead), "
+            "although the primary serves")
     return releases
 
 
