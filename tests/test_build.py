@@ -34,9 +34,9 @@ def make_patch(tmp_path: Path, name: str, old: str, new: str) -> Path:
     return patch
 
 
-def test_shipped_series_lists_the_three_fixes_in_order():
+def test_shipped_series_lists_the_four_fixes_in_order():
     patches = patch_series(ROOT / "patches" / "qemu-7.2")
-    assert [p.name[:4] for p in patches] == ["0001", "0002", "0003"]
+    assert [p.name[:4] for p in patches] == ["0001", "0002", "0003", "0004"]
     for patch in patches:
         text = patch.read_text()
         assert "Cause:" in text and "Effect:" in text and "Fix:" in text

@@ -186,24 +186,41 @@ def test_sftp_put_and_fetch(lab, tmp_path):
     host.close()
 
 
-def test_fetch_copies_only_what_a_log_grew_by(lab, tmp_path):
-    """Logs are fetched again and again: the copy grows by the new bytes, a log that was
+def test_fetch_copies_a_rewritten_file_of_the_same_size(lab, tmp_path):
+    """A disk image copied twice has the same size both times: the second copy is the new
+    content (a clean-clone CI run once judged a stale copy of the survivor's disk)."""
+    host = host_for(lab, tmp_path)
+    remote, copy = tmp_path / "disk.raw", tmp_path / "here" / "disk.raw"
+    try:
+        remote.write_bytes(b"old" * 1000)
+        host.fetch(remote, copy)
+        remote.write_bytes(b"new" * 1000)
+        host.fetch(remote, copy)
+        assert copy.read_bytes() == b"new" * 1000
+        with pytest.raises(FileNotFoundError):
+            host.fetch(tmp_path / "absent", copy)
+    finally:
+        host.close()
+
+
+def test_follow_copies_only_what_a_log_grew_by(lab, tmp_path):
+    """Logs are followed again and again: the copy grows by the new bytes, a log that was
     replaced (shorter) is copied whole, and an empty log still gives an (empty) copy."""
     host = host_for(lab, tmp_path)
     remote, copy = tmp_path / "growing.log", tmp_path / "here" / "growing.log"
     try:
         remote.write_bytes(b"")
-        host.fetch(remote, copy)
+        host.follow(remote, copy)
         assert copy.read_bytes() == b""
         remote.write_bytes(b"line 1\n")
-        host.fetch(remote, copy)
+        host.follow(remote, copy)
         with remote.open("ab") as log:
             log.write(b"line 2\n")
-        host.fetch(remote, copy)
+        host.follow(remote, copy)
         assert copy.read_bytes() == b"line 1\nline 2\n"
         assert host.size(remote) == 14 and host.size(tmp_path / "absent") == 0
         remote.write_bytes(b"new\n")
-        host.fetch(remote, copy)
+        host.follow(remote, copy)
         assert copy.read_bytes() == b"new\n"
     finally:
         host.close()

@@ -8,6 +8,7 @@ the first ``SNAPLEN`` bytes of each packet are kept (checkpoints move megabytes)
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import time
 from pathlib import Path
@@ -74,5 +75,6 @@ class Capture:
                 process.wait(timeout=10)
         if self.ledger is not None and self._entry is not None:
             write_entry(self.ledger, "removed", *self._entry)
-        self.host.fetch(self.path, self.local)
+        with contextlib.suppress(FileNotFoundError):  # tcpdump died before writing it
+            self.host.fetch(self.path, self.local)
         return self.local if self.local.exists() else None

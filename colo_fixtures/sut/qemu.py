@@ -94,7 +94,7 @@ class QemuProcess:
             return
         for log in (self.console_log, self.stderr_log, self.trace_log):
             with contextlib.suppress(Exception):  # evidence is best effort on a dead link
-                self.host.fetch(self.on_host(log), log)
+                self.host.follow(self.on_host(log), log)
 
     @property
     def qmp_path(self) -> Path:

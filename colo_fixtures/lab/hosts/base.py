@@ -87,9 +87,15 @@ class Host(ABC):
             return 0
 
     def fetch(self, path: Path, local: Path) -> None:
-        """Copy the host's ``path`` to this machine's ``local`` (nothing if they are one)."""
+        """Copy the host's ``path`` whole to this machine's ``local`` (nothing if they are
+        one)."""
         if path.resolve() != local.resolve() and path.exists():
             shutil.copyfile(path, local)
+
+    def follow(self, path: Path, local: Path) -> None:
+        """Bring ``local``, a copy of the host's log ``path``, up to date (a log only
+        grows; a remote host copies only what it grew by)."""
+        self.fetch(path, local)
 
     def ledger_name(self, pid: int) -> tuple[str, str]:
         """How the run ledger records process ``pid`` of this host: (kind, name), enough for

@@ -334,8 +334,16 @@ class SshHost(Host):
             return 0
 
     def fetch(self, path: Path, local: Path) -> None:
-        """Copy ``path`` to ``local``; a log that only grew is copied from where ``local``
-        ends (the harness re-reads logs every half second)."""
+        """Copy ``path`` whole to ``local`` (a file of the same size is copied again: a disk
+        image rewritten between two copies has the same size)."""
+        local.parent.mkdir(parents=True, exist_ok=True)
+        with self._sftp() as sftp:
+            sftp.get(str(path), str(local))
+
+    def follow(self, path: Path, local: Path) -> None:
+        """Bring ``local`` up to date with the log ``path``: copied from where ``local``
+        ends, whole if the log was replaced by a shorter one (the harness re-reads logs
+        every half second)."""
         local.parent.mkdir(parents=True, exist_ok=True)
         have = local.stat().st_size if local.exists() else -1
         with contextlib.suppress(FileNotFoundError), self._sftp() as sftp:
