@@ -77,17 +77,18 @@ def test_a_regression_is_a_failed_result_in_its_category(tmp_path: Path):
     assert "<< REGRESSION" in text and text.splitlines()[0].endswith("s)")
 
 
-def nightly(root: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+def nightly(root: Path, *extra: str, mutants: str = "none") -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(NIGHTLY), "--root", str(root), "--cycles", "1", "--keep", "5",
-                           "--", "-k", QUICK, *extra],
+                           "--mutants", mutants, "--", "-k", QUICK, *extra],
                           cwd=ROOT, capture_output=True, text=True, timeout=1200)
 
 
 def test_two_nights_show_a_trend_and_a_slower_link_is_a_regression(tmp_path: Path):
     root = tmp_path / "nightly"
-    first = nightly(root)
+    first = nightly(root, mutants="checkpoint-period-stretched")  # one mutant: ~30 s
     assert first.returncode == 0, first.stdout + first.stderr
     assert "PASSED" in first.stdout and "checkpoint pause p50" in first.stdout
+    assert "mutants: 1 of 1 caught with their diagnosis" in first.stdout, first.stdout
     second = nightly(root, "--replication-rate", "300")
     assert second.returncode == EXIT_REGRESSION, second.stdout + second.stderr
     assert "REGRESSION" in second.stdout.splitlines()[2]

@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import pytest
 
-from colo_fixtures.core.verdicts import SecondaryOutputLost
-from colo_fixtures.sut.trace import Checkpoint
-from colo_fixtures.workload.release_probe import (
+from colo_fixtures.core.verdicts import SecondaryOutputLost, SpuriousMiscompare
+from colo_fixtures.evidence.miscompare import Miscompare
+from colo_fixtures.evidence.release_probe import (
     Probe,
     check_output_compared,
     check_released_by_compare,
     released_by,
 )
+from colo_fixtures.sut.trace import Checkpoint
 
 # Checkpoints every second, pausing the primary 60 ms each (requested 1 ms before the stop).
 POINTS = [Checkpoint(10.0 + i, 10.001 + i, 10.061 + i) for i in range(5)]
@@ -48,6 +49,18 @@ def test_all_released_by_checkpoints_is_the_secondary_output_lost():
     probes = [Probe(10.5 + i, 11.02 + i) for i in range(3)]
     with pytest.raises(SecondaryOutputLost, match=r"3 of 3 .* secondary's output"):
         check_released_by_compare(probes, POINTS, "secondary")
+
+
+def test_released_by_checkpoints_colo_compare_asked_for_is_a_spurious_miscompare():
+    """Seen with mutant compare-payload-always-differs: every reply held until the
+    checkpoint colo-compare asked for after judging it different from the same reply."""
+    probes = [Probe(10.5 + i, 11.02 + i) for i in range(3)]
+    asked = [Miscompare(p.requested - 0.001, p.requested, 120, 120) for p in POINTS[1:4]]
+    with pytest.raises(SpuriousMiscompare, match=r"3 of 3 .* 3 of them asked for by "
+                       r"colo-compare .*primary 120 / secondary 120 bytes"):
+        check_released_by_compare(probes, POINTS, "secondary", asked)
+    with pytest.raises(SecondaryOutputLost):  # one of three asked for: not the cause
+        check_released_by_compare(probes, POINTS, "secondary", asked[:1])
 
 
 def test_most_released_by_checkpoints_is_the_secondary_output_lost():

@@ -111,6 +111,13 @@ class SpuriousMiscompare(SutFailure):
     category = "Spurious miscompare (colo-compare checkpoints for identical replies)"
 
 
+class CheckpointTimingWrong(SutFailure):
+    """Checkpoints do not come when ``x-checkpoint-delay`` says: the periodic interval is
+    off, a period is skipped, or changing the delay does not force one."""
+
+    category = "Checkpoint timing wrong (x-checkpoint-delay not honoured)"
+
+
 class QemuLogError(SutFailure):
     category = "QEMU error in the logs"
 

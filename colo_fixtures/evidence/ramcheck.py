@@ -174,3 +174,18 @@ def check_pair(pair: ColoPair, artifacts: Path) -> list[Finding]:
                                 f"both sides ({RAM_DIGEST_EVENT} not enabled?)",
                                 HarnessError))
     return findings
+
+
+def divergence_now(pair: ColoPair, artifacts: Path,
+                   after: BaseException) -> MemoryDivergence | None:
+    """The RAM check's verdict now, while the QEMUs still run, if the two sides' RAM
+    already differs: it explains the failure ``after`` that followed (a guest crash, an
+    agent that never came up, a lost write)."""
+    for process in pair.processes:
+        process.sync_logs()
+    found = [f for f in check_pair(pair, artifacts) if f.verdict is MemoryDivergence]
+    if not found:
+        return None
+    then = (str(after).splitlines() or [""])[0][:200]
+    return MemoryDivergence(f"{'; '.join(map(str, found[:3]))} (then "
+                            f"{type(after).__name__}: {then})")

@@ -27,6 +27,7 @@ from colo_fixtures.core.verdicts import ClientTimeout, Unreachable
 from colo_fixtures.core.waits import wait_for
 from colo_fixtures.evidence.known_issues import explaining_line
 from colo_fixtures.evidence.ramcheck import check_pair
+from colo_fixtures.evidence.release_probe import check_output_compared
 from colo_fixtures.lab.capture import Capture
 from colo_fixtures.lab.embedded import EmbeddedLab
 from colo_fixtures.lab.hosts import Host, namespace_hosts
@@ -51,7 +52,6 @@ from colo_fixtures.sut.trace import checkpoints, read_trace
 from colo_fixtures.workload.client import ClientPool, Workload
 from colo_fixtures.workload.history import History
 from colo_fixtures.workload.nemesis import Faults
-from colo_fixtures.workload.release_probe import check_output_compared
 
 STARTED_KEY = pytest.StashKey[list["ColoRun"]]()
 
@@ -101,6 +101,7 @@ class ColoRun:
     log_sizes_at_fault: dict[Path, int] | None = None
     ramcheck: bool = False  # the QEMU traces RAM digests: compare them at every checkpoint
     client_count: int = 1  # concurrent clients of ``workload()`` (--colo-clients)
+    ram_divergence_raised: bool = False  # the test already failed with the RAM check's verdict
 
     @property
     def faults(self) -> Faults:
@@ -157,7 +158,7 @@ class ColoRun:
     @phase("boot: wait for the guest agent on both sides")
     def wait_agent_ready(self, timeout: float | None = None) -> None:
         """Wait for the agent on both consoles, for a PING round trip, then check that
-        replies are released by comparison (``workload.release_probe``).
+        replies are released by comparison (``evidence.release_probe``).
 
         The primary prints ``ready``; the secondary's console may skip that line (a
         checkpoint can carry it past the moment), so there a heartbeat is the sign.
@@ -362,10 +363,9 @@ def _collect_evidence(colo: ColoRun, artifacts: Path) -> list[Finding]:
                              colo_at=colo.pair.colo_started_at)
         if storm := miscompare_storm(process.trace_log):
             findings.append(storm)
-    if colo.ramcheck:  # first: a divergence explains the guest crash it leads to
+    if colo.ramcheck and not colo.ram_divergence_raised:  # first: it explains a crash
         findings = check_pair(colo.pair, artifacts) + findings
     return findings
-
 
 
 def _plot_evidence(colo: ColoRun, artifacts: Path) -> None:

@@ -7,15 +7,21 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from colo_fixtures.core.verdicts import never_excused
+from colo_fixtures.core.verdicts import MemoryDivergence, never_excused
 from colo_fixtures.evidence.known_issues import Evidence, covering
-from colo_fixtures.plugin.colo_run import KNOWN_LINE_PROPERTY, STARTED_KEY, save_nic_state
+from colo_fixtures.evidence.ramcheck import divergence_now
+from colo_fixtures.plugin.colo_run import (
+    KNOWN_LINE_PROPERTY,
+    STARTED_KEY,
+    save_nic_state,
+)
 from colo_fixtures.plugin.options import SETTINGS_KEY
 from colo_fixtures.plugin.session import LACKS_COLO
 from colo_fixtures.report import allure_glue as report
@@ -69,6 +75,40 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
                                         session.testscollected}, since=SESSION_START)
         if path is not None:
             print(f"\ncolo: run metrics in {path}")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item):
+    """A test failing while the RAM check (``--colo-ramcheck``) already shows the sides'
+    RAM differ fails with that MemoryDivergence, the failure chained to it: the divergence
+    is the cause of the guest crash, the dead agent or the lost write that followed."""
+    try:
+        return (yield)
+    except Exception as exc:
+        if isinstance(exc, MemoryDivergence):
+            raise
+        try:
+            divergence = divergence_behind(item, exc)
+        except Exception as missed:  # the RAM check is evidence here: never hide the failure
+            warnings.warn(f"RAM check after the failure failed: {missed!r}", stacklevel=1)
+            raise exc from None
+        if divergence is None:
+            raise
+        raise divergence from exc
+
+
+def divergence_behind(item: pytest.Item, exc: BaseException) -> MemoryDivergence | None:
+    """The RAM check's verdict on ``item``'s COLO labs that compare RAM, if it differs."""
+    folder = getattr(item, "funcargs", {}).get("artifacts")
+    if not isinstance(folder, Path):
+        return None
+    for colo in item.stash.get(STARTED_KEY, []):
+        if getattr(colo, "ramcheck", False):  # a stand-in lab of the harness's tests has none
+            divergence = divergence_now(colo.pair, folder, exc)
+            if divergence is not None:
+                colo.ram_divergence_raised = True
+                return divergence
+    return None
 
 
 KNOWN_ISSUE_PROPERTY = "colo_known_issue"  # user property: the issue that excused a failure

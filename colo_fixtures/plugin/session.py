@@ -43,8 +43,10 @@ def qemu_build(colo_settings: Settings) -> QemuBuild:
     """The QEMU binary (given, built from a tree, or Debian 7.2 + patches), capability-checked."""
     s = colo_settings
     try:
+        # the RAM check's build keeps its tree: the mutants (tests/test_mutants.py) stand on it
         build = provide_qemu(s.qemu_binary, s.qemu_src, s.qemu_patches, s.cache_dir,
-                             RAMCHECK_PATCHES if s.colo_ramcheck else None)
+                             RAMCHECK_PATCHES if s.colo_ramcheck else None,
+                             keep_tree=s.colo_ramcheck)
         caps = probe_capabilities(build.binary)
     except BuildError as exc:
         if exc.log:

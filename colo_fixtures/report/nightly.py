@@ -10,6 +10,8 @@ Layout under the nightly root (``reports/nightly`` by default)::
         allure-results/         results (+ categories, environment, executor)
         reports/                per-test artifacts and metrics.json
         html/index.html         the report (one file) and html/junit.xml
+        mutants.log             the mutation suite's output (tests/test_mutants.py)
+        mutants.jsonl           its outcomes, one line per mutant
         summary.txt             what was printed at the end
 """
 
@@ -30,6 +32,7 @@ from colo_fixtures.core.verdicts import MetricsRegression
 from colo_fixtures.report.categories import categorise, exception_message
 from colo_fixtures.report.html import Report, ReportError, generate
 from colo_fixtures.report.metrics import METRICS_NAME, RUN_PLOT, Regression, regressions
+from colo_fixtures.report.mutation import read_outcomes, verdict_of
 
 RUN_NAME = re.compile(r"^\d{4}-\d\d-\d\dT\d{6}$")
 REGRESSION_STORY = "no figure got slower than the night before"
@@ -60,13 +63,17 @@ class Night:
     report_error: str | None = None
     failures: list[tuple[str, str | None, str]] = field(default_factory=list)
     removed: list[Path] = field(default_factory=list)
+    mutants_rc: int | None = None  # the mutation suite's pytest exit (None: not run)
+    mutation: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def exit_code(self) -> int:
-        """pytest's outcome first (an internal error is never called a regression); a run
-        that passed but made no report is an internal error; then the metrics."""
-        if self.pytest_rc != 0:
-            return FROM_PYTEST.get(self.pytest_rc, EXIT_INTERNAL)
+        """pytest's outcome first (an internal error is never called a regression), the
+        suites' then the mutation suite's; a run that passed but made no report is an
+        internal error; then the metrics."""
+        for rc in (self.pytest_rc, self.mutants_rc or 0):
+            if rc != 0:
+                return FROM_PYTEST.get(rc, EXIT_INTERNAL)
         if self.report is None:
             return EXIT_INTERNAL
         return EXIT_REGRESSION if self.regressions else EXIT_OK
@@ -102,6 +109,12 @@ def pytest_argv(python: Path, run: Path, *, profile: str, inventory: Path | None
     if profile == "local" and workers not in ("0", "1"):
         argv += ["-n", workers, "--dist", "loadgroup"]
     return argv + extra
+
+
+def mutants_argv(python: Path, run: Path) -> list[str]:
+    """The mutation suite (which mutants: ``COLO_MUTANTS``), its results in the report."""
+    return [str(python), "-m", "pytest", "tests/test_mutants.py", "-k", "caught", "-p",
+            "no:cacheprovider", "-rfE", "--alluredir", str(run / "allure-results")]
 
 
 def regression_result(results: Path, night: Night, threshold: float) -> None:
@@ -167,8 +180,10 @@ def link_latest(root: Path, run: Path) -> None:
 
 
 def run_night(root: Path, pytest: list[str], *, threshold: float, keep: int,
-              cwd: Path, run: Path) -> Night:
-    """Run the suites into ``run`` and make everything the morning needs from them."""
+              cwd: Path, run: Path, mutants: list[str] | None = None,
+              which_mutants: str = "all") -> Night:
+    """Run the suites into ``run``, then (``mutants``: its argv) the mutation suite on
+    ``which_mutants``, and make everything the morning needs from them."""
     night = Night(run)
     run.mkdir(parents=True)
     night.previous = previous_metrics(root, run)
@@ -177,6 +192,14 @@ def run_night(root: Path, pytest: list[str], *, threshold: float, keep: int,
     with (run / "pytest.log").open("w") as log:
         night.pytest_rc = subprocess.run(pytest, cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
                                          env=env, check=False).returncode
+    if mutants is not None:
+        outcomes = run / "mutants.jsonl"
+        with (run / "mutants.log").open("w") as log:
+            night.mutants_rc = subprocess.run(
+                mutants, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, check=False,
+                env={**env, "COLO_MUTANTS": which_mutants,
+                     "COLO_MUTANT_RESULTS": str(outcomes)}).returncode
+        night.mutation = read_outcomes(outcomes)
     night.seconds = time.monotonic() - started
     results = run / "allure-results"
     metrics = run / "reports" / METRICS_NAME
@@ -219,6 +242,15 @@ def summary(night: Night, width: int = 100) -> str:
             lines.append(f"       {message[:width - 7]}")
     if len(night.failures) > 8:
         lines.append(f"  ... and {len(night.failures) - 8} more failures (see the report)")
+    if night.mutants_rc is not None:
+        caught = sum(1 for o in night.mutation if o["caught"])
+        lines.append(f"  mutants: {caught} of {len(night.mutation)} caught with their "
+                     f"diagnosis (mutation suite exit {night.mutants_rc}, "
+                     f"{night.run / 'mutants.log'})")
+        for o in night.mutation:
+            if not o["caught"]:
+                lines.append(f"  MUTANT {o['mutant']} ({o['kind']}): {verdict_of(o)}, found "
+                             f"{o['found']}, wanted {o['wanted']}")
     was = night.previous.name if night.previous else "no earlier run"
     lines.append(f"  figures (p50 / max, vs {was}):")
     flagged = {r.figure for r in night.regressions}

@@ -3,11 +3,13 @@
 Builds are cached by a hash of their inputs (source, patches, configure flags) in
 the harness cache, under a lock, so parallel runs and xdist workers share one build.
 Only the binary and the build log are kept; the source and object trees are deleted
-after a successful build.
+after a successful build, except for a build asked to keep them (``keep_tree``: the base of
+the mutants, ``colo_fixtures.sut.mutants``, rebuilt incrementally).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shutil
@@ -16,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from colo_fixtures.sut.cache import cached_build, hash_parts, hash_tree
+from colo_fixtures.sut.cache import DONE, cached_build, hash_parts, hash_tree
 
 CONFIGURE_FLAGS: tuple[str, ...] = (
     "--target-list=x86_64-softmmu",
@@ -59,6 +61,7 @@ class QemuBuild:
     log: Path | None = None
     patches: tuple[str, ...] = ()
     ram_digests: bool = False  # traces colo_ram_digest (patches/qemu-7.2-ramcheck)
+    tree: Path | None = None  # the kept cache entry whose src/ holds the built tree
 
     def firmware_args(self) -> list[str]:
         """``-L`` arguments for firmware of a binary built with a non-Debian datadir."""
@@ -171,8 +174,9 @@ def apply_patches(tree: Path, patches: list[Path], log: Path) -> None:
                              f"{first_error(log)}", log) from exc
 
 
-def compile_qemu(src: Path, entry: Path, patches: list[Path]) -> None:
-    """Copy ``src`` into ``entry``, patch, configure, build; keep the binary and build.log."""
+def compile_qemu(src: Path, entry: Path, patches: list[Path], keep_tree: bool = False) -> None:
+    """Copy ``src`` into ``entry``, patch, configure, build; keep the binary and build.log
+    (and the patched, built tree in ``entry/src`` with ``keep_tree``)."""
     log = entry / "build.log"
     log.write_text(f"QEMU build started {time.strftime('%F %T')}\nsource: {src}\n"
                    f"patches: {[p.name for p in patches]}\nflags: {' '.join(CONFIGURE_FLAGS)}\n")
@@ -185,7 +189,14 @@ def compile_qemu(src: Path, entry: Path, patches: list[Path]) -> None:
     jobs = str(os.cpu_count() or 2)
     run_logged(["ninja", "-j", jobs, BINARY_NAME], log, build_dir, "ninja")
     shutil.copy2(build_dir / BINARY_NAME, entry / BINARY_NAME)
-    shutil.rmtree(tree)
+    if not keep_tree:
+        shutil.rmtree(tree)
+
+
+def copy_build(tree_entry: Path, entry: Path) -> None:
+    """A binary entry from a kept tree's build (no second compile)."""
+    shutil.copy2(tree_entry / BINARY_NAME, entry / BINARY_NAME)
+    shutil.copy2(tree_entry / "build.log", entry / "build.log")
 
 
 def fetch_debian_source(version: str, cache_dir: Path) -> Path:
@@ -204,28 +215,40 @@ def fetch_debian_source(version: str, cache_dir: Path) -> Path:
     return cached_build(cache_dir, "qemu-src", hash_parts([version]), fetch) / "tree"
 
 
-def build_qemu(source: Path, patches: list[Path], cache_dir: Path, source_id: str) -> QemuBuild:
-    """Build ``source`` with ``patches`` once per content hash (``source_id``: its hash)."""
+def build_qemu(source: Path, patches: list[Path], cache_dir: Path, source_id: str,
+               keep_tree: bool = False) -> QemuBuild:
+    """Build ``source`` with ``patches`` once per content hash (``source_id``: its hash).
+    With ``keep_tree`` the built tree stays in the cache (kind ``qemu-tree``, same key) and
+    the binary is copied from it; a tree kept earlier also serves a build without."""
     key = hash_parts([source_id, *[p.name + "\0" + p.read_text() for p in patches],
                       *CONFIGURE_FLAGS])
-    entry = cached_build(cache_dir, "qemu", key, lambda e: compile_qemu(source, e, patches))
+    tree_entry = cache_dir / "qemu-tree" / key
+    if keep_tree:
+        tree_entry = cached_build(cache_dir, "qemu-tree", key,
+                                  lambda e: compile_qemu(source, e, patches, keep_tree=True))
+    if (tree_entry / DONE).exists():
+        entry = cached_build(cache_dir, "qemu", key, lambda e: copy_build(tree_entry, e))
+    else:
+        entry = cached_build(cache_dir, "qemu", key, lambda e: compile_qemu(source, e, patches))
     return QemuBuild(entry / BINARY_NAME, f"build of {source}", key, entry / "build.log",
-                     tuple(p.name for p in patches))
+                     tuple(p.name for p in patches), tree=tree_entry if keep_tree else None)
 
 
 def provide_qemu(qemu_binary: Path | None, qemu_src: Path | None, patch_dir: Path,
-                 cache_dir: Path, extra_patches: Path | None = None) -> QemuBuild:
+                 cache_dir: Path, extra_patches: Path | None = None,
+                 keep_tree: bool = False) -> QemuBuild:
     """The binary the settings ask for: given, built from a tree, or Debian's source patched
-    (with ``patch_dir``'s series, then ``extra_patches``'s, if given)."""
+    (with ``patch_dir``'s series, then ``extra_patches``'s, if given); ``keep_tree``: see
+    ``build_qemu``."""
     if qemu_binary is not None:
         return QemuBuild(qemu_binary, f"given binary {qemu_binary}")
     patches = patch_series(patch_dir) + (patch_series(extra_patches) if extra_patches else [])
     if qemu_src is not None:
         source_id = hash_tree(qemu_src, ignore=lambda rel: rel.parts[0] in (".git", "build"))
-        return build_qemu(qemu_src, patches, cache_dir, source_id)
+        return build_qemu(qemu_src, patches, cache_dir, source_id, keep_tree)
     version = debian_source_version()
     tree = fetch_debian_source(version, cache_dir)
     dsc = next(tree.parent.glob("*.dsc"))
-    build = build_qemu(tree, patches, cache_dir, dsc.read_text())
-    return QemuBuild(build.binary, f"Debian qemu {version} + {len(patches)} patch(es)",
-                     build.key, build.log, build.patches)
+    build = build_qemu(tree, patches, cache_dir, dsc.read_text(), keep_tree)
+    return dataclasses.replace(build,
+                               origin=f"Debian qemu {version} + {len(patches)} patch(es)")

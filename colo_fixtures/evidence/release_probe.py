@@ -13,7 +13,10 @@ answer byte for byte the same) one after another and asks, of each reply, whethe
 inside a checkpoint the request was already waiting for. A healthy reply comes within
 milliseconds, from a running primary; it lands in such a window only if a checkpoint began
 in the millisecond before the primary sent it. Most probes landing there is the invariant
-broken.
+broken. Which way it broke is in the primary's trace: checkpoints colo-compare asked for
+right after judging two replies different (``evidence.miscompare``) mean it compares and
+judges identical replies unequal (SpuriousMiscompare); other checkpoints mean the
+secondary's replies never reached it (SecondaryOutputLost).
 """
 
 from __future__ import annotations
@@ -23,10 +26,11 @@ import time
 from dataclasses import dataclass
 
 from colo_fixtures.core.events import phase
-from colo_fixtures.core.verdicts import SecondaryOutputLost
+from colo_fixtures.core.verdicts import SecondaryOutputLost, SpuriousMiscompare
+from colo_fixtures.evidence.miscompare import Miscompare, miscompares
 from colo_fixtures.sut.colo_pair import ColoPair
 from colo_fixtures.sut.guest.agent import AgentClient
-from colo_fixtures.sut.trace import Checkpoint
+from colo_fixtures.sut.trace import Checkpoint, read_trace
 
 log = logging.getLogger("colo.probe")
 
@@ -68,9 +72,12 @@ def probe_replies(agent: AgentClient, count: int = PROBES) -> list[Probe]:
 
 
 def check_released_by_compare(probes: list[Probe], points: list[Checkpoint],
-                              secondary: str) -> list[Checkpoint | None]:
-    """Raise SecondaryOutputLost if most probes' replies were released by a checkpoint;
-    return, per probe, the checkpoint that released it (None: released by comparison).
+                              secondary: str, asked: list[Miscompare] | None = None,
+                              ) -> list[Checkpoint | None]:
+    """Raise if most probes' replies were released by a checkpoint: SpuriousMiscompare if
+    colo-compare asked for most of those after an unmatched comparison (``asked``),
+    SecondaryOutputLost otherwise; return, per probe, the checkpoint that released it
+    (None: released by comparison).
 
     Most, not all: a reply the flush released reaches the client within milliseconds of
     the primary's resume, where a healthy reply to a request that came during the pause
@@ -83,6 +90,18 @@ def check_released_by_compare(probes: list[Probe], points: list[Checkpoint],
     log.info("release probe: %d of %d replies released by comparison (latencies %s ms)",
              len(probes) - by_checkpoint, len(probes), latencies)
     if probes and by_checkpoint * 2 > len(probes):
+        requests = {round(m.requested, 6): m for m in asked or []}
+        unmatched = [requests[round(r.requested, 6)] for r in releases
+                     if r is not None and round(r.requested, 6) in requests]
+        if unmatched and len(unmatched) * 2 > by_checkpoint:
+            sizes = "; ".join(f"primary {m.primary_bytes} / secondary {m.secondary_bytes} "
+                              "bytes" for m in unmatched[:3])
+            raise SpuriousMiscompare(
+                f"{by_checkpoint} of {len(probes)} deterministic replies were released by a "
+                f"checkpoint (latencies {latencies} ms), {len(unmatched)} of them asked for "
+                f"by colo-compare right after judging the two sides' replies different "
+                f"({sizes}): both guests send the same reply, so colo-compare judges equal "
+                "replies unequal")
         raise SecondaryOutputLost(
             f"{by_checkpoint} of {len(probes)} deterministic replies were released by a "
             f"checkpoint (latencies {latencies} ms), not by colo-compare: {secondary}'s "
@@ -97,4 +116,6 @@ def check_output_compared(agent: AgentClient, pair: ColoPair,
     checkpoints (read after the last reply, so that every release is in them)."""
     with phase("check: deterministic replies are released by colo-compare"):
         probes = probe_replies(agent, count)
-        return check_released_by_compare(probes, pair.checkpoints(), pair.secondary.name)
+        points = pair.checkpoints()  # syncs the primary's trace log
+        asked = miscompares(read_trace(pair.primary.trace_log), probes[0].sent)
+        return check_released_by_compare(probes, points, pair.secondary.name, asked)
