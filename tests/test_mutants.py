@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+from child_pytest import run_child
 
 from colo_fixtures.config.settings import DEFAULT_PATCHES, RAMCHECK_PATCHES, default_cache_dir
 from colo_fixtures.core import verdicts
@@ -93,17 +92,9 @@ def test_mutant_is_caught_with_its_verdict(mutant: Mutant, mutant_base: QemuBuil
     binary = build_mutant(mutant_base, mutant, default_cache_dir())
     built_s = time.monotonic() - started
     junit = tmp_path / "junit.xml"
-    argv = [sys.executable, "-m", "pytest", mutant.test, "-p", "no:cacheprovider", "-q",
-            "--accel", "tcg", "--qemu-binary", str(binary), "--colo-ramcheck",
-            "--report-dir", str(tmp_path / "reports"), f"--junitxml={junit}"]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("COLO_", "PYTEST_"))}
-    try:
-        child = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True,
-                               timeout=CHILD_TIMEOUT)
-        output, returncode = child.stdout + child.stderr, child.returncode
-    except subprocess.TimeoutExpired as exc:
-        output, returncode = f"{exc.stdout or ''}{exc.stderr or ''}", None
-    (tmp_path / "child-pytest.log").write_text(output)
+    returncode, output, run_s = run_child(tmp_path, mutant.test, "--qemu-binary", str(binary),
+                                          "--colo-ramcheck", f"--junitxml={junit}",
+                                          timeout=CHILD_TIMEOUT)
     found, first_line = failure_type(junit) if junit.exists() else ("", "")
     wanted = qualified_name(getattr(verdicts, mutant.verdict))
     caught = returncode == 1 and found == wanted
@@ -115,7 +106,7 @@ def test_mutant_is_caught_with_its_verdict(mutant: Mutant, mutant_base: QemuBuil
             "wanted": mutant.verdict, "found": found.rsplit(".", 1)[-1] or None,
             "caught": caught, "hung": returncode is None, "excused": excused,
             "build_s": round(built_s, 1),
-            "run_s": round(time.monotonic() - started - built_s, 1),
+            "run_s": round(run_s, 1),
             "message": first_line, "at": time.strftime("%FT%T")}) + "\n")
     assert returncode is not None, f"{mutant.name}: {mutant.test} hung ({CHILD_TIMEOUT}s)"
     assert returncode == 1, (f"{mutant.name} ({mutant.injects}) "

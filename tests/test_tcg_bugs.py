@@ -8,13 +8,10 @@ diverges). Both must fail, loudly and in bounded time.
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
+from child_pytest import partial_series, run_child
 
 ROOT = Path(__file__).resolve().parent.parent
 PATCHES = ROOT / "patches" / "qemu-7.2"
@@ -26,17 +23,9 @@ DIVERGENCE_SIGNS = ("guest memory divergence", "memory check failed", "guest ker
                     "guest agent died")
 
 
-def run_suite(tmp_path: Path, test: str, *options: str, timeout: float) -> tuple[int, str, float]:
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    started = time.monotonic()
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", f"suites/test_checkpoint.py::{test}", "-p",
-         "no:cacheprovider", "-q", "--accel", "tcg", "--report-dir", str(tmp_path / "reports"),
-         *options],
-        cwd=ROOT, capture_output=True, text=True, timeout=timeout)
-    output = result.stdout + result.stderr
-    (tmp_path / "child-pytest.log").write_text(output)
-    return result.returncode, output, time.monotonic() - started
+def run_suite(tmp_path: Path, test: str, *options: str, timeout: float
+              ) -> tuple[int | None, str, float]:
+    return run_child(tmp_path, f"suites/test_checkpoint.py::{test}", *options, timeout=timeout)
 
 
 DEADLOCK_ATTEMPTS = 3
@@ -66,11 +55,7 @@ def test_stock_qemu_deadlock_is_diagnosed(tmp_path: Path):
 
 @pytest.mark.timeout(1800 + 120)  # the child run builds QEMU (about 6.5 min) the first time
 def test_build_with_only_the_first_fix_is_caught(tmp_path: Path):
-    only_first = tmp_path / "patches"
-    only_first.mkdir()
-    first = sorted(PATCHES.glob("0001-*.patch"))[0]
-    shutil.copy(first, only_first / first.name)
-    (only_first / "series").write_text(first.name + "\n")
+    only_first = partial_series(tmp_path, 1)
     rc, output, seconds = run_suite(
         tmp_path, "test_checkpoint_pause_and_integrity", "--qemu-patches", str(only_first),
         timeout=1800)

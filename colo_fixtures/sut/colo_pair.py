@@ -571,4 +571,17 @@ class ColoPair:
             except QemuError as exc:
                 lines.append(f"{side.name}: virtio state unavailable: "
                              f"{str(exc).splitlines()[0]}")
+            lines += self._socket_chardevs(side)
         return "\n".join(lines)
+
+    @staticmethod
+    def _socket_chardevs(side: QemuProcess) -> list[str]:
+        """The side's socket chardevs (the proxy's links) and whether each is connected:
+        a redirector whose socket is not connected drops the guest's packets silently."""
+        try:
+            chardevs = side.qmp("query-chardev", timeout=2)
+        except QemuError as exc:
+            return [f"  chardevs unavailable: {str(exc).splitlines()[0]}"]
+        sockets = ("tcp:", "unix:", "disconnected:")  # "disconnected:tcp:..." when not connected
+        return [f"  chardev {c['label']}: {c['filename']} frontend-open={c['frontend-open']}"
+                for c in chardevs if str(c.get("filename", "")).startswith(sockets)]

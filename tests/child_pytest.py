@@ -1,0 +1,51 @@
+"""A suite test run in a child pytest, against another QEMU (a partial series, a mutant,
+stock Debian), and the partial series such runs build: shared by the tests that prove the
+suites catch a bug."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from colo_fixtures.sut.build import patch_series
+
+ROOT = Path(__file__).resolve().parent.parent
+SHIPPED = ROOT / "patches" / "qemu-7.2"
+
+
+def partial_series(folder: Path, count: int) -> Path:
+    """A patch folder holding the shipped series' first ``count`` patches: the build
+    without the later fixes."""
+    series = folder / "patches"
+    series.mkdir(parents=True)
+    first = patch_series(SHIPPED)[:count]
+    for patch in first:
+        shutil.copy(patch, series / patch.name)
+    (series / "series").write_text("".join(p.name + "\n" for p in first))
+    return series
+
+
+def run_child(folder: Path, target: str, *options: str, timeout: float
+              ) -> tuple[int | None, str, float]:
+    """``pytest target`` under TCG with its reports in ``folder``; its exit status (None:
+    it ran past ``timeout`` and was killed), its output (also in child-pytest.log) and
+    its seconds. The child gets none of this run's COLO_ or PYTEST_ variables."""
+    folder.mkdir(parents=True, exist_ok=True)
+    argv = [sys.executable, "-m", "pytest", target, "-p", "no:cacheprovider", "-q", "--accel",
+            "tcg", "--report-dir", str(folder / "reports"), *options]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("COLO_", "PYTEST_"))}
+    started = time.monotonic()
+    try:
+        child = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True,
+                               timeout=timeout)
+        returncode, output = child.returncode, child.stdout + child.stderr
+    except subprocess.TimeoutExpired as exc:
+        returncode = None
+        output = "".join(part.decode(errors="replace") if isinstance(part, bytes) else part
+                         for part in (exc.stdout or "", exc.stderr or ""))
+    (folder / "child-pytest.log").write_text(output)
+    return returncode, output, time.monotonic() - started
