@@ -15,6 +15,7 @@ from colo_fixtures.sut.build import patch_series
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ROOT / "patches" / "qemu-7.2"
+KEPT = ("COLO_CACHE_DIR",)  # a child of a run with its own cache uses that cache
 
 
 def partial_series(folder: Path, count: int) -> Path:
@@ -32,20 +33,27 @@ def partial_series(folder: Path, count: int) -> Path:
 def run_child(folder: Path, target: str, *options: str, timeout: float
               ) -> tuple[int | None, str, float]:
     """``pytest target`` under TCG with its reports in ``folder``; its exit status (None:
-    it ran past ``timeout`` and was killed), its output (also in child-pytest.log) and
-    its seconds. The child gets none of this run's COLO_ or PYTEST_ variables."""
+    it ran past ``timeout``), its output (also in child-pytest.log) and its seconds. A
+    child past its time gets SIGTERM (its teardowns stop its QEMUs and lab), then SIGKILL.
+    It gets none of this run's COLO_ or PYTEST_ variables but the cache's place."""
     folder.mkdir(parents=True, exist_ok=True)
     argv = [sys.executable, "-m", "pytest", target, "-p", "no:cacheprovider", "-q", "--accel",
             "tcg", "--report-dir", str(folder / "reports"), *options]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("COLO_", "PYTEST_"))}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("COLO_", "PYTEST_")) or k in KEPT}
+    log = folder / "child-pytest.log"
     started = time.monotonic()
-    try:
-        child = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True,
-                               timeout=timeout)
-        returncode, output = child.returncode, child.stdout + child.stderr
-    except subprocess.TimeoutExpired as exc:
-        returncode = None
-        output = "".join(part.decode(errors="replace") if isinstance(part, bytes) else part
-                         for part in (exc.stdout or "", exc.stderr or ""))
-    (folder / "child-pytest.log").write_text(output)
-    return returncode, output, time.monotonic() - started
+    with log.open("w") as out:
+        child = subprocess.Popen(argv, cwd=ROOT, env=env, text=True, stdout=out,
+                                 stderr=subprocess.STDOUT)
+        try:
+            returncode: int | None = child.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            returncode = None
+            child.terminate()
+            try:
+                child.wait(timeout=180)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+    return returncode, log.read_text(errors="replace"), time.monotonic() - started

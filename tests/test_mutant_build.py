@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from child_pytest import run_child
 
 from colo_fixtures.report.mutation import read_outcomes, score_table, verdict_of
 from colo_fixtures.sut.build import BINARY_NAME, BuildError, QemuBuild
@@ -111,6 +112,19 @@ def test_the_score_table_keeps_the_latest_outcome_of_each_mutant(tmp_path: Path)
     assert verdict_of(outcome("c", caught=False, found=None)) == "missed"
     assert verdict_of(outcome("c", caught=False, hung=True, found=None)) == "hung"
     assert verdict_of(outcome("c", caught=False, excused=True, found=None)) == "excused"
+    stale = read_outcomes(path, {"a": "now", "b": "now"})
+    assert [o["mutant"] for o in stale] == []  # no outcome carries today's patch digests
+    lines[1]["patch"] = "now"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    assert [o["mutant"] for o in read_outcomes(path, {"a": "now"})] == ["a"]
     path.write_text("not json\n")
     with pytest.raises(ValueError, match=r"mutants.jsonl:1: not a mutant outcome"):
         read_outcomes(path)
+
+
+def test_a_child_run_past_its_time_is_stopped_and_reported_hung(tmp_path: Path):
+    slow = tmp_path / "test_slow.py"
+    slow.write_text("import time\n\ndef test_sleeps():\n    time.sleep(60)\n")
+    returncode, output, seconds = run_child(tmp_path / "run", str(slow), timeout=5)
+    assert returncode is None and seconds < 30, (returncode, seconds, output[-2000:])
+    assert (tmp_path / "run" / "child-pytest.log").exists()

@@ -23,7 +23,14 @@ from colo_fixtures.config.settings import DEFAULT_PATCHES, RAMCHECK_PATCHES, def
 from colo_fixtures.core import verdicts
 from colo_fixtures.core.verdicts import qualified_name
 from colo_fixtures.sut.build import BuildError, QemuBuild, provide_qemu
-from colo_fixtures.sut.mutants import KINDS, Mutant, build_mutant, load_mutants, parse_mutant
+from colo_fixtures.sut.mutants import (
+    KINDS,
+    Mutant,
+    build_mutant,
+    load_mutants,
+    parse_mutant,
+    patch_digest,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 MUTANTS = load_mutants(ROOT / "patches" / "mutants")
@@ -61,6 +68,8 @@ def test_every_mutant_names_a_verdict_and_a_suite_test():
     assert len(MUTANTS) >= 8 and len(kinds) >= 8, sorted(kinds)
     for mutant in MUTANTS:
         assert isinstance(getattr(verdicts, mutant.verdict, None), type), mutant
+        # tools/nightly checks --mutants names against the file names, before the venv
+        assert mutant.patch.stem.split("-", 1)[1] == mutant.name, mutant.patch
         path, _, name = mutant.test.partition("::")
         assert (ROOT / path).is_file() and f"def {name.split('[')[0]}(" in (
             ROOT / path).read_text(), mutant
@@ -83,31 +92,43 @@ def mutant_base() -> QemuBuild:
                         keep_tree=True)
 
 
+def record(mutant: Mutant, **outcome: object) -> None:
+    """Append one outcome to RESULTS, keyed by the mutant's patch (a later edit of it makes
+    this outcome stale for tools/mutants)."""
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    with RESULTS.open("a") as results:
+        results.write(json.dumps({
+            "mutant": mutant.name, "kind": mutant.kind, "test": mutant.test,
+            "wanted": mutant.verdict, "patch": patch_digest(mutant.patch), **outcome,
+            "at": time.strftime("%FT%T")}) + "\n")
+
+
 @pytest.mark.timeout(3600)  # a cold base tree, the mutant's build, then its suite test
 @pytest.mark.parametrize("mutant", selected(MUTANTS, os.environ.get("COLO_MUTANTS", "")),
                          ids=lambda m: m.name)
 def test_mutant_is_caught_with_its_verdict(mutant: Mutant, mutant_base: QemuBuild,
                                            tmp_path: Path):
     started = time.monotonic()
-    binary = build_mutant(mutant_base, mutant, default_cache_dir())
+    try:
+        binary = build_mutant(mutant_base, mutant, default_cache_dir())
+    except BuildError as exc:  # recorded: an old "caught" must not outlive a broken mutant
+        record(mutant, found="BuildError", caught=False, hung=False, excused=False,
+               build_s=round(time.monotonic() - started, 1), run_s=0.0,
+               message=str(exc).splitlines()[0][:300])
+        raise
     built_s = time.monotonic() - started
     junit = tmp_path / "junit.xml"
-    returncode, output, run_s = run_child(tmp_path, mutant.test, "--qemu-binary", str(binary),
-                                          "--colo-ramcheck", f"--junitxml={junit}",
-                                          timeout=CHILD_TIMEOUT)
+    # the child's own pytest-timeout fires first: a hang gets its diagnosis and teardown
+    returncode, output, run_s = run_child(
+        tmp_path, mutant.test, "--qemu-binary", str(binary), "--colo-ramcheck",
+        f"--junitxml={junit}", f"--timeout={CHILD_TIMEOUT - 120}", timeout=CHILD_TIMEOUT)
     found, first_line = failure_type(junit) if junit.exists() else ("", "")
     wanted = qualified_name(getattr(verdicts, mutant.verdict))
     caught = returncode == 1 and found == wanted
     excused = " xfailed" in output  # a known issue excused it: never for an injected bug
-    RESULTS.parent.mkdir(exist_ok=True)
-    with RESULTS.open("a") as results:
-        results.write(json.dumps({
-            "mutant": mutant.name, "kind": mutant.kind, "test": mutant.test,
-            "wanted": mutant.verdict, "found": found.rsplit(".", 1)[-1] or None,
-            "caught": caught, "hung": returncode is None, "excused": excused,
-            "build_s": round(built_s, 1),
-            "run_s": round(run_s, 1),
-            "message": first_line, "at": time.strftime("%FT%T")}) + "\n")
+    record(mutant, found=found.rsplit(".", 1)[-1] or None, caught=caught,
+           hung=returncode is None, excused=excused, build_s=round(built_s, 1),
+           run_s=round(run_s, 1), message=first_line)
     assert returncode is not None, f"{mutant.name}: {mutant.test} hung ({CHILD_TIMEOUT}s)"
     assert returncode == 1, (f"{mutant.name} ({mutant.injects}) "
                              f"{'was excused by a known issue' if excused else 'went unnoticed'}"

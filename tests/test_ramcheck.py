@@ -135,6 +135,18 @@ def test_compared_nothing_is_the_harness_failure(tmp_path: Path):
         "primary → secondary: RAM equal at 0 checkpoint(s)\n"
 
 
+def test_a_last_checkpoint_traced_in_part_is_not_compared(tmp_path: Path):
+    """Read while a side still traces its last checkpoint (or was killed inside it), that
+    checkpoint lacks blocks on one side: not compared, never a divergence."""
+    ram = [chunk(i) for i in range(4)]
+    primary = [line(1, 101 + n, "primary", n, block, ram)
+               for n in range(3) for block in ("pc.ram", "pc.bios")]
+    secondary = [line(2, 101 + n, "secondary", n, block, ram)
+                 for n in range(3) for block in ("pc.ram", "pc.bios")][:-1]
+    result = compare_session(write_logs(tmp_path, primary, secondary))
+    assert result.compared == [0, 1] and result.divergence is None
+
+
 # ---------------------------------------------------------------------------- real QEMU
 
 def run_suite(tmp_path: Path, target: str, *options: str, timeout: float

@@ -119,6 +119,7 @@ def compare_session(session: Session) -> SessionResult:
         by_side[side] = {(d.checkpoint, d.block): d for d in run_after(digests(log, side),
                                                                        started)}
     primary, secondary = by_side["primary"], by_side["secondary"]
+    last = {side: max((n for n, _ in found), default=-1) for side, found in by_side.items()}
     numbers = sorted({n for n, _ in primary} & {n for n, _ in secondary})
     for n in numbers:
         blocks = sorted({b for m, b in primary if m == n} | {b for m, b in secondary if m == n})
@@ -126,6 +127,10 @@ def compare_session(session: Session) -> SessionResult:
         for block in blocks:
             p, s = primary.get((n, block)), secondary.get((n, block))
             if p is None or s is None:
+                lacking = "primary" if p is None else "secondary"
+                if n == last[lacking] and any(m < n and b == block for m, b in
+                                              by_side[lacking]):
+                    return result  # its last checkpoint, still being traced (or killed)
                 problems.append(f"block {block} traced only on the "
                                 f"{'secondary' if p is None else 'primary'}")
             elif (problem := _chunk_difference(p, s)) is not None:

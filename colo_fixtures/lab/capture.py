@@ -8,7 +8,6 @@ the first ``SNAPLEN`` bytes of each packet are kept (checkpoints move megabytes)
 
 from __future__ import annotations
 
-import contextlib
 import signal
 import time
 from pathlib import Path
@@ -75,6 +74,8 @@ class Capture:
                 process.wait(timeout=10)
         if self.ledger is not None and self._entry is not None:
             write_entry(self.ledger, "removed", *self._entry)
-        with contextlib.suppress(FileNotFoundError):  # tcpdump died before writing it
+        try:
             self.host.fetch(self.path, self.local)
+        except FileNotFoundError:  # tcpdump died before writing it (sftp left an empty copy)
+            self.local.unlink(missing_ok=True)
         return self.local if self.local.exists() else None

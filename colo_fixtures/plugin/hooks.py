@@ -87,11 +87,11 @@ def pytest_runtest_call(item: pytest.Item):
     except Exception as exc:
         if isinstance(exc, MemoryDivergence):
             raise
+        divergence = None
         try:
             divergence = divergence_behind(item, exc)
         except Exception as missed:  # the RAM check is evidence here: never hide the failure
             warnings.warn(f"RAM check after the failure failed: {missed!r}", stacklevel=1)
-            raise exc from None
         if divergence is None:
             raise
         raise divergence from exc

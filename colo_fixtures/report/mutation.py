@@ -7,9 +7,11 @@ from pathlib import Path
 from typing import Any
 
 
-def read_outcomes(path: Path) -> list[dict[str, Any]]:
+def read_outcomes(path: Path, patches: dict[str, str] | None = None) -> list[dict[str, Any]]:
     """The latest outcome per mutant from ``tests/test_mutants.py``'s JSON lines, in name
-    order (a line that is not JSON is an error naming the file and the line)."""
+    order (a line that is not JSON is an error naming the file and the line). With
+    ``patches`` (mutant name -> digest of its patch now), only outcomes of those mutants'
+    current patches count."""
     latest: dict[str, dict[str, Any]] = {}
     if not path.exists():
         return []
@@ -21,7 +23,9 @@ def read_outcomes(path: Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError as exc:
             raise ValueError(f"{path}:{number}: not a mutant outcome ({exc.msg}); delete the "
                              "line or the file") from None
-        latest[outcome["mutant"]] = outcome
+        name = outcome["mutant"]
+        if patches is None or (name in patches and patches[name] == outcome.get("patch")):
+            latest[name] = outcome
     return [latest[name] for name in sorted(latest)]
 
 

@@ -65,6 +65,7 @@ class Night:
     removed: list[Path] = field(default_factory=list)
     mutants_rc: int | None = None  # the mutation suite's pytest exit (None: not run)
     mutation: list[dict[str, Any]] = field(default_factory=list)
+    mutation_error: str | None = None  # mutants.jsonl unreadable
 
     @property
     def exit_code(self) -> int:
@@ -199,7 +200,10 @@ def run_night(root: Path, pytest: list[str], *, threshold: float, keep: int,
                 mutants, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, check=False,
                 env={**env, "COLO_MUTANTS": which_mutants,
                      "COLO_MUTANT_RESULTS": str(outcomes)}).returncode
-        night.mutation = read_outcomes(outcomes)
+        try:
+            night.mutation = read_outcomes(outcomes)
+        except ValueError as exc:  # the suites' report is still made; the summary says why
+            night.mutation_error = str(exc)
     night.seconds = time.monotonic() - started
     results = run / "allure-results"
     metrics = run / "reports" / METRICS_NAME
@@ -247,6 +251,8 @@ def summary(night: Night, width: int = 100) -> str:
         lines.append(f"  mutants: {caught} of {len(night.mutation)} caught with their "
                      f"diagnosis (mutation suite exit {night.mutants_rc}, "
                      f"{night.run / 'mutants.log'})")
+        if night.mutation_error:
+            lines.append(f"  MUTANTS unreadable: {night.mutation_error}")
         for o in night.mutation:
             if not o["caught"]:
                 lines.append(f"  MUTANT {o['mutant']} ({o['kind']}): {verdict_of(o)}, found "

@@ -69,6 +69,11 @@ def load_mutants(directory: Path) -> list[Mutant]:
     return [parse_mutant(p) for p in sorted(directory.glob("*.patch"))]
 
 
+def patch_digest(patch: Path) -> str:
+    """A short digest of a mutant's patch file: which version of it an outcome is of."""
+    return hash_parts([patch.read_text()])
+
+
 def build_mutant(base: QemuBuild, mutant: Mutant, cache_dir: Path) -> Path:
     """The mutant's binary, built once on ``base``'s kept tree; its path."""
     if base.tree is None:
@@ -104,11 +109,11 @@ def _restore(tree_entry: Path, log: Path) -> None:
     if not marker.exists():
         return
     tree = tree_entry / "src"
-    check = run_logged_ok(["patch", "-p1", "-R", "--dry-run", "--batch", "-i", str(patch)],
-                          log, tree)
-    if check:
-        run_logged(["patch", "-p1", "-R", "--batch", "-i", str(patch)], log, tree,
-                   f"reverse {marker.read_text().strip()}")
+    # --forward: a patch that looks not applied is refused, never applied (--batch alone
+    # would take it for a reversed patch and apply it)
+    reverse = ["patch", "-p1", "-R", "--forward", "--batch", "-i", str(patch)]
+    if run_logged_ok([*reverse, "--dry-run"], log, tree):
+        run_logged(reverse, log, tree, f"reverse {marker.read_text().strip()}")
     elif not run_logged_ok(["patch", "-p1", "--forward", "--dry-run", "--batch", "-i",
                             str(patch)], log, tree):
         raise BuildError(f"the tree {tree} is left half-mutated by "
