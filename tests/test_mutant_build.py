@@ -128,3 +128,14 @@ def test_a_child_run_past_its_time_is_stopped_and_reported_hung(tmp_path: Path):
     returncode, output, seconds = run_child(tmp_path / "run", str(slow), timeout=5)
     assert returncode is None and seconds < 30, (returncode, seconds, output[-2000:])
     assert (tmp_path / "run" / "child-pytest.log").exists()
+
+
+def test_a_marker_whose_patch_never_applied_leaves_the_tree_as_it_is(tmp_path: Path):
+    """Killed between writing the marker and patching: reversing must not apply it."""
+    base = kept_tree(tmp_path)
+    tree = base.tree
+    assert tree is not None
+    (tree / f"{MARKER}.patch").write_text(mutant(tmp_path, "never").patch.read_text())
+    (tree / MARKER).write_text("never\n")
+    _restore(tree, tmp_path / "restore.log")
+    assert (tree / "src" / "hello.c").read_text() == HELLO and not (tree / MARKER).exists()
