@@ -12,7 +12,12 @@ from fnmatch import fnmatch
 
 import pytest
 
-from colo_fixtures.config.settings import PROJECT_ROOT, RAMCHECK_PATCHES, Settings
+from colo_fixtures.config.settings import (
+    DEFAULT_PATCHES,
+    PROJECT_ROOT,
+    RAMCHECK_PATCHES,
+    Settings,
+)
 from colo_fixtures.lab.hosts import CommandError
 from colo_fixtures.lab.inventory_lab import (
     PASSPHRASE_ENV,
@@ -43,10 +48,11 @@ def qemu_build(colo_settings: Settings) -> QemuBuild:
     """The QEMU binary (given, built from a tree, or Debian 7.2 + patches), capability-checked."""
     s = colo_settings
     try:
-        # the RAM check's build keeps its tree: the mutants (tests/test_mutants.py) stand on it
+        # the shipped series' RAM-check build keeps its tree: the mutants stand on it
         build = provide_qemu(s.qemu_binary, s.qemu_src, s.qemu_patches, s.cache_dir,
                              RAMCHECK_PATCHES if s.colo_ramcheck else None,
-                             keep_tree=s.colo_ramcheck)
+                             keep_tree=s.colo_ramcheck and s.qemu_src is None
+                             and s.qemu_patches.resolve() == DEFAULT_PATCHES.resolve())
         caps = probe_capabilities(build.binary)
     except BuildError as exc:
         if exc.log:
