@@ -23,7 +23,7 @@ from colo_fixtures.core.verdicts import (
     require_memory_clean,
 )
 from colo_fixtures.evidence.miscompare import matched, miscompares
-from colo_fixtures.sut.trace import intervals, percentile, read_trace
+from colo_fixtures.sut.trace import intervals, percentile
 
 pytestmark = [pytest.mark.colo, pytest.mark.checkpoint, allure.epic("COLO"),
               allure.feature("checkpoint")]
@@ -165,7 +165,7 @@ def test_deterministic_replies_never_miscompare(start_colo):
     workload = colo.workload(clients=1)
     time.sleep(DETERMINISTIC_SECONDS)
     workload.stop()
-    records = read_trace(pair.primary.trace_log)
+    records = pair.primary.trace_records()
     found = miscompares(records, since)
     paired = [m for m in found if m.sizes_differ]
     ops = sum(1 for op in colo.history.ops if op.type == "ok")

@@ -27,7 +27,6 @@ from colo_fixtures.core.verdicts import (
 from colo_fixtures.evidence.consistency import compare_replicas, survivor_log
 from colo_fixtures.evidence.miscompare import miscompares
 from colo_fixtures.evidence.release_probe import check_output_compared
-from colo_fixtures.sut.trace import read_trace
 from colo_fixtures.workload.checker import CheckResult, check
 
 pytestmark = [pytest.mark.colo, pytest.mark.failover, allure.epic("COLO"),
@@ -78,8 +77,7 @@ def in_checkpoint(colo, at: float, sides) -> bool:
 
 def stopped_at(process, at: float) -> bool:
     """Whether ``process``'s own trace shows its VM stopped for a checkpoint at ``at``."""
-    process.sync_logs()
-    changes = [r for r in read_trace(process.trace_log)
+    changes = [r for r in process.trace_records()
                if r.name == "colo_vm_state_change" and r.timestamp <= at]
     return bool(changes) and changes[-1].message.endswith("'run' => 'stop'")
 
@@ -291,7 +289,7 @@ def traffic_around_checkpoint(start_colo, checkpointed: bool):
         workload.wait_ok(10, timeout=60)
     covering = [c.requested - opened for c in pair.checkpoints() if c.requested > opened]
     if covering and not checkpointed:
-        asked = miscompares(read_trace(pair.primary.trace_log), opened)
+        asked = miscompares(pair.primary.trace_records(), opened)
         if asked:  # one client's identical replies: only a wrong comparison asks for these
             raise SpuriousMiscompare(
                 f"colo-compare asked for {len(asked)} checkpoint(s) within "

@@ -24,7 +24,7 @@ from colo_fixtures.sut.guest.agent import AGENT_PORT
 from colo_fixtures.sut.guest.image import kernel_cmdline
 from colo_fixtures.sut.preflight import rdma_address
 from colo_fixtures.sut.qemu import QemuError, QemuProcess
-from colo_fixtures.sut.trace import check_protocol, check_rdma_migration, read_trace
+from colo_fixtures.sut.trace import check_protocol, check_rdma_migration
 
 pytestmark = [pytest.mark.colo, pytest.mark.trace, allure.epic("COLO"), allure.feature("trace")]
 
@@ -61,7 +61,7 @@ def test_checkpoint_protocol_on_both_sides(start_colo):
         agent.ping()
     pair = colo.pair
     pair.wait_checkpoints(len(pair.checkpoints()) + 5, timeout=60)
-    reports = {side.name: check_protocol(read_trace(side.trace_log), side.name)
+    reports = {side.name: check_protocol(side.trace_records(), side.name)
                for side in pair.sides}
     colo.write_metrics("protocol", {name: vars(r) for name, r in reports.items()})
     primary, secondary = reports["primary"], reports["secondary"]
@@ -79,7 +79,7 @@ def test_failover_state_machine(start_colo):
     survivor = pair.secondary
     at = colo.faults.kill(pair.primary)
     pair.failover_to_secondary(since=at)
-    report = check_protocol(read_trace(survivor.trace_log), "secondary")
+    report = check_protocol(survivor.trace_records(), "secondary")
     colo.write_metrics("failover-protocol", vars(report))
     assert report.failover == ("require", "active", "completed")
     assert report.checkpoints >= 2
@@ -136,7 +136,7 @@ def test_rdma_migration_trace(qemu_build, guest_image, accel, artifacts, colo_se
         for process in (source, destination):
             process.stop()
         shutil.rmtree(sockdir, ignore_errors=True)
-    sides = {side: check_rdma_migration(read_trace(process.trace_log), side)
+    sides = {side: check_rdma_migration(process.trace_records(), side)
              for side, process in (("source", source), ("destination", destination))}
     figures = {"device": device, "uri": uri, "seconds": round(seconds, 3),
                **{side: vars(report) for side, report in sides.items()}}

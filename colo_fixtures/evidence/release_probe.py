@@ -30,7 +30,7 @@ from colo_fixtures.core.verdicts import SecondaryOutputLost, SpuriousMiscompare
 from colo_fixtures.evidence.miscompare import Miscompare, miscompares
 from colo_fixtures.sut.colo_pair import ColoPair
 from colo_fixtures.sut.guest.agent import AgentClient
-from colo_fixtures.sut.trace import Checkpoint, read_trace
+from colo_fixtures.sut.trace import Checkpoint
 
 log = logging.getLogger("colo.probe")
 
@@ -117,5 +117,5 @@ def check_output_compared(agent: AgentClient, pair: ColoPair,
     with phase("check: deterministic replies are released by colo-compare"):
         probes = probe_replies(agent, count)
         points = pair.checkpoints()  # syncs the primary's trace log
-        asked = miscompares(read_trace(pair.primary.trace_log), probes[0].sent)
+        asked = miscompares(pair.primary.trace_records(), probes[0].sent)
         return check_released_by_compare(probes, points, pair.secondary.name, asked)

@@ -37,7 +37,7 @@ from colo_fixtures.sut.disks import SecondaryDisks, make_primary_disk, make_seco
 from colo_fixtures.sut.gdb_probe import net_state
 from colo_fixtures.sut.logscan import scan
 from colo_fixtures.sut.qemu import QemuError, QemuProcess, QmpTimeout, stop_all
-from colo_fixtures.sut.trace import Checkpoint, checkpoints, colo_message, read_trace
+from colo_fixtures.sut.trace import Checkpoint, checkpoints, colo_message
 
 PROXY_OBJECTS = ("m0", "redire0", "redire1")
 
@@ -282,8 +282,7 @@ class ColoPair:
 
     def checkpoints(self) -> list[Checkpoint]:
         """The current primary's checkpoints so far, from its trace log."""
-        self.primary.sync_logs()
-        return checkpoints(read_trace(self.primary.trace_log))
+        return checkpoints(self.primary.trace_records())
 
     def check_health(self, timeout: float = 5) -> None:
         """Every running side alive, answering QMP, and its console free of fatal signs.
@@ -307,8 +306,7 @@ class ColoPair:
             side.qmp("query-status", timeout=timeout, diagnose=False)
             self._check_nic(side, timeout)
         except QmpTimeout:
-            self.primary.sync_logs()
-            records = read_trace(self.primary.trace_log)
+            records = self.primary.trace_records()
             messages = [m for m in map(colo_message, records) if m]
             stall = describe_stall(checkpoints(records), messages[-1] if messages else None,
                                    self.vm.accel)

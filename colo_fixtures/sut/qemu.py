@@ -25,6 +25,7 @@ from colo_fixtures.core.waits import wait_for
 from colo_fixtures.lab.hosts import Host, LocalHost, Process
 from colo_fixtures.lab.ledger import write_entry
 from colo_fixtures.sut.qmp import SyncQmp
+from colo_fixtures.sut.trace import TraceRecord, read_trace
 
 log = logging.getLogger("colo.qmp")
 
@@ -95,6 +96,12 @@ class QemuProcess:
         for log in (self.console_log, self.stderr_log, self.trace_log):
             with contextlib.suppress(Exception):  # evidence is best effort on a dead link
                 self.host.follow(self.on_host(log), log)
+
+    def trace_records(self) -> list[TraceRecord]:
+        """This QEMU's trace log as it is now (copied from a remote host first: reading the
+        local copy alone over SSH judged a stale trace)."""
+        self.sync_logs()
+        return read_trace(self.trace_log)
 
     @property
     def qmp_path(self) -> Path:
