@@ -50,10 +50,19 @@ def run_child(folder: Path, target: str, *options: str, timeout: float
             returncode: int | None = child.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             returncode = None
-            child.terminate()
-            try:
-                child.wait(timeout=180)
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait()
+        finally:
+            stop(child)
     return returncode, log.read_text(errors="replace"), time.monotonic() - started
+
+
+def stop(child: subprocess.Popen) -> None:
+    """End a child pytest still running: SIGTERM lets its teardowns stop its QEMUs and
+    lab; SIGKILL after 180 s."""
+    if child.poll() is not None:
+        return
+    child.terminate()
+    try:
+        child.wait(timeout=180)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait()

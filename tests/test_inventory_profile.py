@@ -10,6 +10,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+from child_pytest import stop
 from lab_machines import machine_lab
 from pyroute2 import IPRoute
 from sshd_lab import requires_sshd
@@ -51,13 +52,7 @@ def run_suites(ctl: str, inventory: Path, folder: Path, settings: Settings,
         try:
             run.wait(timeout=2400)
         finally:  # interrupted or timed out: SIGTERM lets the inner run's teardowns clean up
-            if run.poll() is None:
-                run.terminate()
-                try:
-                    run.wait(timeout=180)
-                except subprocess.TimeoutExpired:
-                    run.kill()
-                    run.wait()
+            stop(run)
     done = subprocess.CompletedProcess(run.args, run.returncode, log.read_text(), "")
     assert junit.exists(), f"pytest wrote no junit report: {done.stdout[-3000:]}"
     return done, ET.parse(junit).getroot()
