@@ -30,7 +30,7 @@ from colo_fixtures.core.verdicts import SecondaryOutputLost, SpuriousMiscompare
 from colo_fixtures.evidence.miscompare import Miscompare, miscompares
 from colo_fixtures.sut.colo_pair import ColoPair
 from colo_fixtures.sut.guest.agent import AgentClient
-from colo_fixtures.sut.trace import Checkpoint
+from colo_fixtures.sut.trace import Checkpoint, checkpoints
 
 log = logging.getLogger("colo.probe")
 
@@ -116,6 +116,7 @@ def check_output_compared(agent: AgentClient, pair: ColoPair,
     checkpoints (read after the last reply, so that every release is in them)."""
     with phase("check: deterministic replies are released by colo-compare"):
         probes = probe_replies(agent, count)
-        points = pair.checkpoints()  # syncs the primary's trace log
-        asked = miscompares(pair.primary.trace_records(), probes[0].sent)
+        records = pair.primary.trace_records()  # read after the last reply: every release
+        points = checkpoints(records)
+        asked = miscompares(records, probes[0].sent)
         return check_released_by_compare(probes, points, pair.secondary.name, asked)
